@@ -1,0 +1,1 @@
+"""scinjax.models"""

@@ -1,0 +1,39 @@
+"""The ``scinjax`` command: thin dispatch to the study, traffic, timing and e2e tools."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["main"]
+
+_COMMANDS = {
+    "study": ("scinjax.models.study", "main", "accuracy study of in-network quantization"),
+    "traffic": ("scinjax.models.traffic_cli", "main", "bytes per link of full-size models"),
+    "timing": ("scinjax.timing.cli", "timing_main", "All-Reduce latency vs message size"),
+    "e2e": ("scinjax.models.e2e", "main", "LLaMA-2 TTFT / TPOT per algorithm"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: scinjax COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in _COMMANDS.items()]
+    lines.append("\n`scinjax COMMAND --help` lists a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in _COMMANDS:
+        print(f"scinjax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = _COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
