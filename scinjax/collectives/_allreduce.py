@@ -1,0 +1,173 @@
+"""``allreduce``: every algorithm of spec/collectives.md over a named axis.
+
+All data a rank would receive is first gathered over the named axis (under ``vmap``
+this costs nothing: JAX hands over the batched array), then reduced in the spec's
+fixed order with the spec's roundings. ``psum`` is never used: XLA may reassociate it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from scinjax.collectives._config import Collective, int_block_size
+from scinjax.collectives._marker import CallSpec, marker_name
+from scinjax.collectives._partition import block_runs, chunk_sizes
+from scinjax.collectives._reduce import add, ordered_sum, round_acc
+from scinjax.formats import dequantize, quantize, to_f32
+from scinjax.formats._f32 import check_float_input
+
+__all__ = ["allreduce", "axis_size", "stage_key"]
+
+UPLINK_STAGE, DOWNLINK_STAGE = 0, 1
+
+
+def axis_size(axis_name) -> int:
+    """Number of ranks along a bound named axis; ValueError if the name is not bound."""
+    try:
+        return int(lax.axis_size(axis_name))
+    except (NameError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"axis name {axis_name!r} is not bound: call allreduce inside "
+            f"jax.vmap(f, axis_name={axis_name!r}) (simulated ranks) or jax.shard_map over a "
+            f"mesh with that axis (real devices)"
+        ) from err
+
+
+def stage_key(key, stage: int, rank):
+    """The PRNG key of one quantization stage at one rank (rank N denotes the switch)."""
+    return jax.random.fold_in(jax.random.fold_in(key, stage), rank)
+
+
+def allreduce(
+    x,
+    axis_name,
+    algorithm: str | Collective,
+    *,
+    uplink=None,
+    downlink=None,
+    order: str = "rank",
+    accumulate: str = "float32",
+    key=None,
+    label: str | None = None,
+):
+    """All-Reduce ``x`` (any pytree of bf16/f16/f32 arrays) over ``axis_name``.
+
+    Equals ``sum_i x_i`` over the ranks, computed exactly as spec/collectives.md defines
+    ``algorithm`` (with INQ when ``uplink``/``downlink`` formats are given), and every
+    rank receives identical bits. Shapes and dtypes are unchanged: ``[...] -> [...]``.
+    ``algorithm`` may also be a :class:`Collective` (then the keyword options must be left
+    at their defaults). ``key`` feeds stochastic rounding; ``label`` names the call in the
+    traffic ledger.
+    """
+    if isinstance(algorithm, Collective):
+        if (uplink, downlink, order, accumulate) != (None, None, "rank", "float32"):
+            raise ValueError("pass options either in the Collective or as keywords, not both")
+        coll = algorithm
+    else:
+        coll = Collective(
+            algorithm=algorithm,
+            uplink=uplink,
+            downlink=downlink,
+            order=order,
+            accumulate=accumulate,
+        )
+    n_ranks = axis_size(axis_name)
+    if coll.stochastic and key is None:
+        raise ValueError(
+            f"{coll} rounds stochastically: pass key=jax.random.key(seed) (the same key on "
+            "every rank; each rank and stage folds in its own index)"
+        )
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(x)
+    out = []
+    for path, leaf in paths_leaves:
+        check_float_input(leaf, "allreduce")
+        name = label if not path else f"{label or ''}{jax.tree_util.keystr(path)}"
+        spec = CallSpec(
+            algorithm=coll.algorithm,
+            n_ranks=n_ranks,
+            shape=tuple(leaf.shape) or (1,),
+            dtype=jnp.dtype(leaf.dtype).name,
+            uplink=coll.uplink,
+            downlink=coll.downlink,
+            order=coll.order,
+            accumulate=coll.accumulate,
+            label=name,
+        )
+        kernel = _kernel(spec, axis_name)
+        out.append(kernel(leaf, key) if coll.stochastic else kernel(leaf))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel(spec: CallSpec, axis_name):
+    """A jitted per-rank function named after the call's marker (found by the ledger)."""
+
+    def kernel(x, key=None):
+        flat = x.reshape(spec.shape)
+        return _emulate(flat, spec, axis_name, key).reshape(x.shape)
+
+    kernel.__name__ = kernel.__qualname__ = marker_name(spec)
+    return jax.jit(kernel)
+
+
+def _emulate(x, spec: CallSpec, axis_name, key):
+    """One rank's view: its buffer ``x`` ``[..., H]`` in, the reduced ``[..., H]`` out."""
+    n = spec.n_ranks
+    if n == 1:
+        return x
+    if spec.algorithm == "ring":
+        return _ring(x, axis_name, n, spec.accumulate)
+    rank = lax.axis_index(axis_name)
+    up, down = spec.uplink, spec.downlink
+    if up is None:
+        gathered = lax.all_gather(x, axis_name)  # [N, ...]
+        operands = [to_f32(gathered[i]) for i in range(n)]
+    else:
+        up_key = stage_key(key, UPLINK_STAGE, rank) if up.stochastic else None
+        q = quantize(x, up, key=up_key)
+        gathered = jax.tree.map(lambda a: lax.all_gather(a, axis_name), q)  # [N, ...]
+        contributions = dequantize(gathered, jnp.float32)
+        operands = [contributions[i] for i in range(n)]
+    total = ordered_sum(operands, spec.order, spec.accumulate)  # float32 [...]
+    if down is None:
+        return total.astype(x.dtype)
+    noise = _downlink_noise(spec, key) if down.stochastic else None
+    return dequantize(quantize(total, down, noise=noise), x.dtype)
+
+
+def _downlink_noise(spec: CallSpec, key):
+    """Noise of the downlink quantizer: the switch's (scin) or each owner's run (two_shot)."""
+    if spec.algorithm != "two_shot":
+        return jax.random.uniform(
+            stage_key(key, DOWNLINK_STAGE, spec.n_ranks), spec.shape, jnp.float32
+        )
+    runs = block_runs(spec.shape, int_block_size(spec.uplink, spec.downlink), spec.n_ranks)
+    parts = [
+        jax.random.uniform(stage_key(key, DOWNLINK_STAGE, j), (elements,), jnp.float32)
+        for j, (elements, _) in enumerate(runs)
+    ]
+    return jnp.concatenate(parts).reshape(spec.shape)
+
+
+def _ring(x, axis_name, n: int, accumulate: str):
+    """NCCL ring: chunk c starts at rank c+1, each hop adds and rounds to x.dtype."""
+    shape, dtype = x.shape, x.dtype
+    flat = lax.all_gather(x.reshape(-1), axis_name)  # [N, n]
+    sizes = chunk_sizes(flat.shape[1], n)
+    starts = [sum(sizes[:c]) for c in range(n)]
+
+    def hop_operand(k):  # what is added at hop k, for every element
+        return jnp.concatenate(
+            [flat[(c + 1 + k) % n, starts[c] : starts[c] + sizes[c]] for c in range(n) if sizes[c]]
+        )
+
+    partial = hop_operand(0)
+    for k in range(1, n):
+        a = round_acc(to_f32(partial), accumulate)
+        b = round_acc(to_f32(hop_operand(k)), accumulate)
+        partial = add(a, b, accumulate).astype(dtype)
+    return partial.reshape(shape)

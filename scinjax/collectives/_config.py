@@ -1,0 +1,115 @@
+"""All-Reduce configuration: algorithm, link formats, reduction order, adder precision."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scinjax.formats import Format, IntFormat, get
+
+__all__ = ["ALGORITHMS", "ORDERS", "ACCUMULATE_DTYPES", "Collective", "int_block_size"]
+
+ALGORITHMS = ("ring", "one_shot", "two_shot", "nvls", "scin", "exact")
+ORDERS = ("rank", "pairwise")
+ACCUMULATE_DTYPES = ("float32", "bfloat16", "float16")
+_QUANTIZING = ("scin", "two_shot")
+
+
+def _link(fmt) -> Format | None:
+    return None if fmt is None else get(fmt)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Collective:
+    """One All-Reduce configuration (spec/collectives.md).
+
+    ``uplink``/``downlink``: a wire format (name or Format) for ``scin`` (INQ) and
+    ``two_shot`` (quantized two-shot); ``None`` carries the input dtype itself.
+    """
+
+    algorithm: str
+    uplink: Format | str | None = None
+    downlink: Format | str | None = None
+    order: str = "rank"
+    accumulate: str = "float32"
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; use one of {ALGORITHMS}")
+        object.__setattr__(self, "uplink", _link(self.uplink))
+        object.__setattr__(self, "downlink", _link(self.downlink))
+        if self.quantized and self.algorithm not in _QUANTIZING:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} moves the input dtype only; link formats "
+                f"(uplink={self.uplink}, downlink={self.downlink}) need one of {_QUANTIZING}"
+            )
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown order {self.order!r}; use one of {ORDERS}")
+        if self.algorithm == "ring" and self.order != "rank":
+            raise ValueError(
+                "ring's reduction order is fixed by the ring (chunk c is summed from rank c+1 "
+                "onwards); use order='rank' with ring, or another algorithm for 'pairwise'"
+            )
+        if self.accumulate not in ACCUMULATE_DTYPES:
+            raise ValueError(
+                f"unknown accumulate dtype {self.accumulate!r}; use one of {ACCUMULATE_DTYPES}"
+            )
+        if self.algorithm == "two_shot":
+            blocks = {
+                f.block_size for f in (self.uplink, self.downlink) if isinstance(f, IntFormat)
+            }
+            if len(blocks) > 1:
+                raise ValueError(
+                    f"quantized two_shot slices on block boundaries, so uplink ({self.uplink}) "
+                    f"and downlink ({self.downlink}) need the same block_size, got {sorted(blocks)}"
+                )
+
+    @property
+    def quantized(self) -> bool:
+        """True when a link carries a format (other than the input dtype)."""
+        return self.uplink is not None or self.downlink is not None
+
+    @property
+    def stochastic(self) -> bool:
+        return any(f is not None and f.stochastic for f in (self.uplink, self.downlink))
+
+    @property
+    def block_size(self) -> int | None:
+        """Block size of the int format(s) on the links (quantized two_shot's slicing unit)."""
+        return int_block_size(self.uplink, self.downlink)
+
+    @classmethod
+    def parse(cls, spec: str, **options) -> Collective:
+        """``ALGO[:UPLINK[/DOWNLINK]]``: ``scin:int8`` (both links), ``scin:bf16/int8``, ``ring``."""
+        if isinstance(spec, Collective):
+            return dataclasses.replace(spec, **options) if options else spec
+        if not isinstance(spec, str) or not spec:
+            raise ValueError(f"a collective spec must be a string like 'scin:int8', got {spec!r}")
+        algorithm, _, formats = spec.partition(":")
+        uplink = downlink = None
+        if formats:
+            up, sep, down = formats.partition("/")
+            if not up or (sep and not down):
+                raise ValueError(f"bad collective spec {spec!r}; expected ALGO[:UPLINK[/DOWNLINK]]")
+            uplink, downlink = up, (down if sep else up)
+            uplink, downlink = (None if f == "none" else f for f in (uplink, downlink))
+        return cls(algorithm=algorithm, uplink=uplink, downlink=downlink, **options)
+
+    def __str__(self) -> str:
+        if not self.quantized:
+            return self.algorithm
+        up = "none" if self.uplink is None else self.uplink.name
+        down = "none" if self.downlink is None else self.downlink.name
+        return f"{self.algorithm}:{up}" if up == down else f"{self.algorithm}:{up}/{down}"
+
+    def __call__(self, x, axis_name, *, key=None, label=None):
+        from scinjax.collectives._allreduce import allreduce
+
+        return allreduce(x, axis_name, self, key=key, label=label)
+
+
+def int_block_size(uplink: Format | None, downlink: Format | None) -> int | None:
+    """Block size of the first int format among the links, None if both are plain."""
+    for f in (uplink, downlink):
+        if isinstance(f, IntFormat):
+            return f.block_size
+    return None

@@ -1,0 +1,53 @@
+"""Float32 arithmetic that gives the same bits on every backend (spec/formats.md).
+
+Flush-to-zero is applied on the integer bits, so it does not depend on the
+backend's denormal mode; divisions are shielded from XLA's rewrite of
+``x / broadcast(s)`` into ``x * broadcast(1 / s)``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["ftz", "to_f32", "exact_div", "check_float_input"]
+
+_EXPONENT = 0x7F800000
+_SIGN = 0x80000000
+INPUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
+
+
+def ftz(v: jnp.ndarray) -> jnp.ndarray:
+    """Float32 ``v`` with every subnormal replaced by a zero of the same sign."""
+    bits = lax.bitcast_convert_type(v, jnp.uint32)
+    subnormal = (bits & jnp.uint32(_EXPONENT)) == 0
+    signed_zero = lax.bitcast_convert_type(bits & jnp.uint32(_SIGN), jnp.float32)
+    return jnp.where(subnormal, signed_zero, v)
+
+
+def to_f32(x: jnp.ndarray) -> jnp.ndarray:
+    """Exact conversion to float32, then flush-to-zero (how every input enters arithmetic)."""
+    return ftz(x.astype(jnp.float32))
+
+
+def exact_div(num: jnp.ndarray, den: jnp.ndarray | float) -> jnp.ndarray:
+    """IEEE float32 ``num / den`` (RNE, flushed), broadcasting ``den`` to ``num``'s shape.
+
+    The divisor is materialised behind an optimization barrier: XLA's
+    algebraic simplifier otherwise turns a division by a broadcast or a
+    constant into a multiplication by its reciprocal, which changes last bits.
+    """
+    den = jnp.broadcast_to(jnp.asarray(den, jnp.float32), num.shape)
+    return ftz(num / lax.optimization_barrier(den))
+
+
+def check_float_input(x, what: str) -> None:
+    """TypeError unless ``x`` is a bfloat16/float16/float32 array."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        raise TypeError(f"{what} needs a JAX/NumPy float array, got {type(x).__name__}")
+    if jnp.dtype(dtype) not in INPUT_DTYPES:
+        raise TypeError(
+            f"{what} needs bfloat16, float16 or float32 input, got dtype {jnp.dtype(dtype)}; "
+            "cast integer data to a float dtype first (complex data is not supported)"
+        )

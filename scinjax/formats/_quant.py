@@ -1,0 +1,174 @@
+"""Block-wise quantize / dequantize, bit for bit as spec/formats.md defines them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from scinjax.formats._f32 import check_float_input, exact_div, ftz, to_f32
+from scinjax.formats._spec import CastFormat, Format, IntFormat, get
+
+__all__ = ["QArray", "quantize", "dequantize", "wire_bytes"]
+
+_E8M0_NAN = 0xFF
+_E8M0_BIAS = 127
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QArray:
+    """A quantized array.
+
+    codes: int8 ``[..., H]`` for int formats (the cast values for plain formats).
+    scales: ``[..., ceil(H / B)]`` in the format's scale dtype (``None`` for plain formats).
+    fmt: the format (static pytree metadata).
+    """
+
+    codes: jax.Array
+    scales: jax.Array | None
+    fmt: Format = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+
+def wire_bytes(shape, fmt: str | Format) -> tuple[int, int]:
+    """(payload_bytes, scale_bytes) of an array of ``shape`` on the wire, as Python ints."""
+    return get(fmt).wire_bytes(tuple(shape))
+
+
+def _to_blocks(v: jnp.ndarray, block: int) -> jnp.ndarray:
+    """``[..., H]`` -> ``[..., nb, block]``, zero-padding a short final block."""
+    h = v.shape[-1]
+    nb = math.ceil(h / block)
+    if nb * block != h:
+        v = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, nb * block - h)])
+    return v.reshape(v.shape[:-1] + (nb, block))
+
+
+def _from_blocks(vb: jnp.ndarray, h: int) -> jnp.ndarray:
+    """``[..., nb, block]`` -> ``[..., H]`` (drops the padding of a short final block)."""
+    v = vb.reshape(vb.shape[:-2] + (vb.shape[-2] * vb.shape[-1],))
+    return v if v.shape[-1] == h else v[..., :h]
+
+
+def _floor_log2(a: jnp.ndarray) -> jnp.ndarray:
+    """Exact ``floor(log2(a))`` for float32 ``a > 0`` from its bits (subnormals included)."""
+    bits = lax.bitcast_convert_type(a, jnp.uint32)
+    biased = (bits >> 23).astype(jnp.int32) & 0xFF
+    mantissa = bits & jnp.uint32(0x7FFFFF)
+    subnormal_log2 = 31 - lax.clz(mantissa).astype(jnp.int32) - 149
+    return jnp.where(biased > 0, biased - _E8M0_BIAS, subnormal_log2)
+
+
+def _pow2(e: jnp.ndarray) -> jnp.ndarray:
+    """Float32 ``2**e`` for int32 ``e`` in [-127, 127]; 2**-127 (subnormal) counts as zero."""
+    bits = (jnp.clip(e, -126, 127) + _E8M0_BIAS).astype(jnp.uint32) << 23
+    return jnp.where(e < -126, 0.0, lax.bitcast_convert_type(bits, jnp.float32))
+
+
+def _int_scales(a: jnp.ndarray, poisoned: jnp.ndarray, fmt: IntFormat):
+    """Stored scales and their flushed float32 values ``S`` for block amax ``a`` (float32)."""
+    if fmt.scale_dtype == "e8m0":
+        e = jnp.where(a > 0, _floor_log2(a) - (fmt.bits - 2), -_E8M0_BIAS)
+        e = jnp.clip(e, -_E8M0_BIAS, _E8M0_BIAS)
+        code = jnp.where(poisoned, _E8M0_NAN, e + _E8M0_BIAS).astype(jnp.uint8)
+        stored = lax.bitcast_convert_type(code, jnp.float8_e8m0fnu)
+        s32 = jnp.where(poisoned, jnp.nan, _pow2(e))
+        return stored, s32
+    sdtype = fmt.jax_scale_dtype
+    cast = exact_div(a, float(fmt.qmax)).astype(sdtype)
+    # saturate: a finite block never yields an infinite scale
+    cast = jnp.where(jnp.isinf(cast), jnp.finfo(sdtype).max.astype(sdtype), cast)
+    stored = jnp.where(poisoned, jnp.asarray(jnp.nan, sdtype), cast)
+    return stored, to_f32(stored)
+
+
+def _scale_values(scales: jnp.ndarray, fmt: IntFormat) -> jnp.ndarray:
+    """Float32 ``S`` (flushed; NaN for poisoned blocks) of stored scales."""
+    if fmt.scale_dtype == "e8m0":
+        code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
+        return jnp.where(code == _E8M0_NAN, jnp.nan, _pow2(code - _E8M0_BIAS))
+    return to_f32(scales)
+
+
+def _round(r: jnp.ndarray, fmt: IntFormat, noise: jnp.ndarray | None) -> jnp.ndarray:
+    if fmt.rounding == "nearest_even":
+        return lax.round(r, lax.RoundingMethod.TO_NEAREST_EVEN)
+    if fmt.rounding == "nearest_away":
+        return lax.round(r, lax.RoundingMethod.AWAY_FROM_ZERO)
+    return jnp.floor(ftz(r + noise))
+
+
+def _stochastic_noise(x, fmt: Format, key, noise):
+    if not fmt.stochastic:
+        if key is not None or noise is not None:
+            raise ValueError(
+                f"format {fmt.name} rounds deterministically; key/noise are only for "
+                "rounding='stochastic'"
+            )
+        return None
+    if (key is None) == (noise is None):
+        raise ValueError(
+            "stochastic rounding needs exactly one of key=jax.random.key(...) or "
+            "noise=<float32 array in [0, 1) of x's shape>"
+        )
+    if noise is None:
+        return jax.random.uniform(key, x.shape, jnp.float32)
+    noise = jnp.asarray(noise)
+    if noise.shape != x.shape or noise.dtype != jnp.float32:
+        raise ValueError(
+            f"noise must be float32 of shape {x.shape}, got {noise.dtype}{list(noise.shape)}"
+        )
+    return noise
+
+
+def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
+    """Quantize ``x`` ``[..., H]`` (bf16/f16/f32) into ``fmt`` exactly as spec/formats.md says.
+
+    Returns ``QArray(codes [..., H] int8, scales [..., ceil(H/B)], fmt)``; for a plain
+    format, ``codes`` is the RNE cast and ``scales`` is None. Stochastic rounding takes a
+    PRNG ``key`` (noise ``uniform(key, x.shape)``) or caller ``noise`` in [0, 1).
+    """
+    fmt = get(fmt)
+    check_float_input(x, "quantize")
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("quantize needs an array with at least one axis; got a 0-d array")
+    u = _stochastic_noise(x, fmt, key, noise)
+    v = to_f32(x)
+    if isinstance(fmt, CastFormat):
+        return QArray(v.astype(fmt.dtype), None, fmt)
+    h = x.shape[-1]
+    vb = _to_blocks(v, fmt.block_size)  # [..., nb, B]
+    poisoned = ~jnp.all(jnp.isfinite(vb), axis=-1)  # [..., nb]
+    a = jnp.where(poisoned, 0.0, jnp.max(jnp.abs(vb), axis=-1))
+    stored, s32 = _int_scales(a, poisoned, fmt)
+    dead = poisoned | (s32 == 0)  # codes are all 0
+    sb = jnp.where(dead, 1.0, s32)[..., None]
+    r = exact_div(vb, sb)
+    ub = None if u is None else _to_blocks(u, fmt.block_size)
+    q = jnp.clip(_round(r, fmt, ub), -fmt.qmax, fmt.qmax)
+    q = jnp.where(dead[..., None], 0.0, q).astype(jnp.int8)
+    return QArray(_from_blocks(q, h), stored, fmt)
+
+
+def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
+    """``f32(code) * S`` (flushed), then RNE to ``dtype``; poisoned blocks give NaN.
+
+    q.codes ``[..., H]`` -> ``[..., H]`` of ``dtype``.
+    """
+    if not isinstance(q, QArray):
+        raise TypeError(f"dequantize needs a QArray from scinjax.quantize, got {type(q).__name__}")
+    fmt = q.fmt
+    if isinstance(fmt, CastFormat):
+        return to_f32(q.codes).astype(dtype)
+    h = q.codes.shape[-1]
+    s32 = _scale_values(q.scales, fmt)[..., None]  # [..., nb, 1]
+    codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
+    return _from_blocks(ftz(codes * s32), h).astype(dtype)

@@ -1,0 +1,162 @@
+"""Wire-format configurations: the int family and plain casts (spec/formats.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["IntFormat", "CastFormat", "Format", "get", "names", "SCALE_DTYPES", "ROUNDINGS"]
+
+SCALE_DTYPES = ("float32", "float16", "bfloat16", "e8m0")
+ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
+CAST_DTYPES = ("bfloat16", "float16", "float32")
+_SCALE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "e8m0": 1}
+_CAST_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IntFormat:
+    """Linear symmetric integer codes with one scale per block of the last axis.
+
+    A row of H elements travels as ``ceil(H * bits / 8)`` payload bytes plus
+    ``ceil(H / block_size)`` scales of ``scale_bytes`` each.
+    """
+
+    bits: int = 8
+    block_size: int = 32
+    scale_dtype: str = "float16"
+    rounding: str = "nearest_even"
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise TypeError(f"IntFormat.bits must be an int in 2..8, got {self.bits!r}")
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"IntFormat.bits={self.bits} is out of range; use 2..8")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
+            raise TypeError(f"IntFormat.block_size must be an int >= 1, got {self.block_size!r}")
+        if self.block_size < 1:
+            raise ValueError(f"IntFormat.block_size={self.block_size} must be >= 1 (e.g. 32)")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(
+                f"IntFormat.scale_dtype={self.scale_dtype!r} is not supported; "
+                f"use one of {SCALE_DTYPES}"
+            )
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(
+                f"IntFormat.rounding={self.rounding!r} is not supported; use one of {ROUNDINGS}"
+            )
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def scale_bytes(self) -> int:
+        return _SCALE_BYTES[self.scale_dtype]
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic"
+
+    @property
+    def name(self) -> str:
+        for preset, fmt in _PRESETS.items():
+            if fmt == self:
+                return preset
+        base = f"int{self.bits}-b{self.block_size}-{self.scale_dtype}"
+        return base if self.rounding == "nearest_even" else f"{base}-{self.rounding}"
+
+    @property
+    def jax_scale_dtype(self):
+        """The dtype of ``QArray.scales`` (``float8_e8m0fnu`` for e8m0)."""
+        return jnp.float8_e8m0fnu if self.scale_dtype == "e8m0" else jnp.dtype(self.scale_dtype)
+
+    def wire_bytes(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(payload, scale) bytes of an array of ``shape`` (blocks tile the last axis)."""
+        rows, h = _rows_and_width(shape)
+        return rows * math.ceil(h * self.bits / 8), rows * math.ceil(h / self.block_size) * (
+            self.scale_bytes
+        )
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CastFormat:
+    """A plain round-to-nearest-even cast to ``dtype``: no scales."""
+
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        if self.dtype not in CAST_DTYPES:
+            raise ValueError(f"CastFormat.dtype={self.dtype!r} is not supported; use {CAST_DTYPES}")
+
+    @property
+    def name(self) -> str:
+        return _CAST_NAMES[self.dtype]
+
+    @property
+    def element_bytes(self) -> int:
+        return np.dtype(jnp.dtype(self.dtype)).itemsize
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+    def wire_bytes(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        return math.prod(shape) * self.element_bytes, 0
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Format = IntFormat | CastFormat
+
+_PRESETS: dict[str, Format] = {
+    "int8": IntFormat(bits=8, block_size=32, scale_dtype="float16"),
+    "mxint8": IntFormat(bits=8, block_size=32, scale_dtype="e8m0"),
+    "int8-b128-f32": IntFormat(bits=8, block_size=128, scale_dtype="float32"),
+    "int4": IntFormat(bits=4, block_size=32, scale_dtype="float16"),
+    "bf16": CastFormat(dtype="bfloat16"),
+    "fp16": CastFormat(dtype="float16"),
+    "fp32": CastFormat(dtype="float32"),
+}
+
+
+def names() -> tuple[str, ...]:
+    """The preset names accepted by :func:`get`."""
+    return tuple(_PRESETS)
+
+
+def get(name: str | Format, **overrides) -> Format:
+    """A format by preset name (``int8``, ``mxint8``, ...) with optional field overrides.
+
+    ``get("int8", rounding="stochastic")``; a Format passes through (with overrides applied).
+    """
+    if isinstance(name, IntFormat | CastFormat):
+        fmt = name
+    elif isinstance(name, str):
+        if name not in _PRESETS:
+            raise ValueError(f"unknown format {name!r}; use one of {names()} or IntFormat(...)")
+        fmt = _PRESETS[name]
+    else:
+        raise TypeError(f"a format must be a preset name or a Format, got {type(name).__name__}")
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(fmt)}
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise ValueError(f"{fmt.name} has no field(s) {bad}; its fields are {sorted(fields)}")
+        fmt = dataclasses.replace(fmt, **overrides)
+    return fmt
+
+
+def _rows_and_width(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, H) of an array whose last axis is tiled by blocks; a 0-d array is one element."""
+    shape = tuple(int(d) for d in shape)
+    if not shape:
+        return 1, 1
+    return math.prod(shape[:-1]), shape[-1]
