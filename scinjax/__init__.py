@@ -1,1 +1,33 @@
-"""scinjax"""
+"""scinjax: a JAX functional emulator of switch-centric in-network All-Reduce (SCIN).
+
+Bit-exact wire formats (:mod:`scinjax.formats`), every All-Reduce algorithm over a
+named axis (:mod:`scinjax.collectives`), the per-link byte ledger
+(:mod:`scinjax.traffic`) and a fabric timing model (:mod:`scinjax.timing`).
+"""
+
+from scinjax import collectives, formats, traffic
+from scinjax.collectives import ALGORITHMS, Collective, allreduce
+from scinjax.formats import CastFormat, IntFormat, QArray, dequantize, quantize, wire_bytes
+from scinjax.traffic import TrafficRecord, TrafficReport, algbw, busbw, count_traffic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "CastFormat",
+    "Collective",
+    "IntFormat",
+    "QArray",
+    "TrafficRecord",
+    "TrafficReport",
+    "algbw",
+    "allreduce",
+    "busbw",
+    "collectives",
+    "count_traffic",
+    "dequantize",
+    "formats",
+    "quantize",
+    "traffic",
+    "wire_bytes",
+]

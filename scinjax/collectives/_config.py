@@ -79,7 +79,7 @@ class Collective:
 
     @classmethod
     def parse(cls, spec: str, **options) -> Collective:
-        """``ALGO[:UPLINK[/DOWNLINK]]``: ``scin:int8`` (both links), ``scin:bf16/int8``, ``ring``."""
+        """Parse ``ALGO[:UPLINK[/DOWNLINK]]``: ``scin:int8`` (both links), ``scin:bf16/int8``."""
         if isinstance(spec, Collective):
             return dataclasses.replace(spec, **options) if options else spec
         if not isinstance(spec, str) or not spec:

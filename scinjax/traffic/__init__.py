@@ -1,1 +1,13 @@
-"""placeholder"""
+"""Per-link byte ledger: exact integer traffic of every All-Reduce, found by tracing."""
+
+from scinjax.traffic._ledger import TrafficReport, algbw, busbw, count_traffic
+from scinjax.traffic._records import TrafficRecord, collective_record
+
+__all__ = [
+    "TrafficRecord",
+    "TrafficReport",
+    "algbw",
+    "busbw",
+    "collective_record",
+    "count_traffic",
+]
