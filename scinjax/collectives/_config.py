@@ -53,6 +53,11 @@ class Collective:
             raise ValueError(
                 f"unknown accumulate dtype {self.accumulate!r}; use one of {ACCUMULATE_DTYPES}"
             )
+        if self.algorithm == "exact" and (self.order, self.accumulate) != ("rank", "float32"):
+            raise ValueError(
+                "'exact' is the fixed rank-order float32 reduction; use another algorithm to "
+                f"study order={self.order!r} / accumulate={self.accumulate!r}"
+            )
         if self.algorithm == "two_shot":
             blocks = {
                 f.block_size for f in (self.uplink, self.downlink) if isinstance(f, IntFormat)

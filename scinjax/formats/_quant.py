@@ -146,8 +146,12 @@ def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
         return QArray(v.astype(fmt.dtype), None, fmt)
     h = x.shape[-1]
     vb = _to_blocks(v, fmt.block_size)  # [..., nb, B]
-    poisoned = ~jnp.all(jnp.isfinite(vb), axis=-1)  # [..., nb]
-    a = jnp.where(poisoned, 0.0, jnp.max(jnp.abs(vb), axis=-1))
+    # One integer reduction gives both amax and poisoning: for |v| the float order is the
+    # order of the bit patterns, and NaN/Inf are exactly the patterns >= 0x7F800000.
+    magnitude = lax.bitcast_convert_type(vb, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+    amax_bits = jnp.max(magnitude, axis=-1)  # [..., nb]
+    poisoned = amax_bits >= jnp.uint32(0x7F800000)
+    a = jnp.where(poisoned, 0.0, lax.bitcast_convert_type(amax_bits, jnp.float32))
     stored, s32 = _int_scales(a, poisoned, fmt)
     dead = poisoned | (s32 == 0)  # codes are all 0
     sb = jnp.where(dead, 1.0, s32)[..., None]
