@@ -184,11 +184,11 @@ _GB = 1e9
 # Values marked "fitted" are the rounded output of scinjax.timing.calibrate.fit_nvswitch
 # (tests/test_timing.py checks that they still agree with a fresh fit).
 _NVLINK4_LINK_BW = 450 * _GB  # public: 18 links x 25 GB/s per direction
-_RING_EFF = 0.8167  # fitted: ring busbw 367.5 GB/s (8xH100, NCCL issues 1455 / nccl-tests 212)
-_NVLS_EFF_H100 = 0.6841  # fitted: NVLS busbw 478.9 GB/s at 8 GiB (nccl-tests sweep, 8xH100)
-_NVLS_EFF_H200 = 0.6786  # fitted: NVLS busbw ~475 GB/s (nccl-tests issue 272, 8xH200)
-_NVLS_SYNC = 0.65 * _US  # fitted: NVLS under CUDA graphs ~6 us on 2xH100 (NCCL issue 1259)
-_NVLS_EAGER = 33.46 * _US  # fitted: plateau of the 8xH100 NVLS sweep, 64 KiB .. 8 GiB
+_RING_EFF = 0.8170  # fitted: ring busbw 367.5 GB/s (8xH100, NCCL issues 1455 / nccl-tests 212)
+_NVLS_EFF_H100 = 0.6852  # fitted: NVLS busbw 478.9 GB/s at 8 GiB (nccl-tests sweep, 8xH100)
+_NVLS_EFF_H200 = 0.6796  # fitted: NVLS busbw ~475 GB/s (nccl-tests issue 272, 8xH200)
+_NVLS_SYNC = 0.645 * _US  # fitted: NVLS under CUDA graphs ~6 us on 2xH100 (NCCL issue 1259)
+_NVLS_EAGER = 37.97 * _US  # fitted: plateau of the 8xH100 NVLS sweep, 64 KiB .. 8 GiB
 
 
 def _nvswitch(name: str, *, nvls_eff: float, peak_flops: float, hbm_bw: float) -> FabricProfile:
