@@ -1,0 +1,238 @@
+"""Read a LLaMA-architecture GGUF file into canonical float32 weights, a config and a tokenizer.
+
+Layout facts this module relies on (llama.cpp ``convert_hf_to_gguf.py`` and ``ggml``):
+
+- A GGUF tensor of shape ``[ne0, ne1]`` (``ne0`` contiguous) is a PyTorch
+  ``nn.Linear`` weight ``[out=ne1, in=ne0]``; ``gguf.GGUFReader`` exposes it as a
+  NumPy array ``[ne1, ne0]`` and ``gguf.quants.dequantize`` keeps that shape. The
+  canonical layout is ``y = x @ W`` with ``W [in, out]``, so every matrix is
+  transposed once here.
+- llama.cpp applies its "NORM" rotary embedding to adjacent pairs
+  ``(x[2j], x[2j+1])``, Hugging Face's LLaMA to ``(x[j], x[j + hd/2])``
+  (``rotate_half``). The converter therefore permutes the output rows of
+  ``attn_q`` (with ``n_head``) and ``attn_k`` (with ``n_head_kv``)::
+
+      w.reshape(n, 2, hd // 2, in).swapaxes(1, 2).reshape(n * hd, in)
+
+  We undo it exactly with ``w.reshape(n, hd // 2, 2, in).swapaxes(1, 2)``, so the
+  canonical weights use Hugging Face's rotary layout.
+- No ``output.weight`` tensor means the output head is tied to ``token_embd``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["read_gguf", "permute_qk_to_gguf", "unpermute_qk_from_gguf", "gguf_metadata"]
+
+
+def _require_gguf():
+    try:
+        import gguf
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading GGUF files needs the `gguf` package; install it with "
+            "`pip install 'scinjax[models]'` (or `pip install gguf`)"
+        ) from e
+    return gguf
+
+
+def permute_qk_to_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter permutation of a Q or K weight ``[n_head * hd, in]`` (HF layout)."""
+    out = w.shape[0]
+    return w.reshape(n_head, 2, out // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk_from_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of :func:`permute_qk_to_gguf`: GGUF rows ``[n_head * hd, in]`` -> HF layout."""
+    out = w.shape[0]
+    if out % (2 * n_head):
+        raise ValueError(
+            f"Q/K weight with {out} rows does not split into {n_head} heads of even size"
+        )
+    return w.reshape(n_head, out // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _open(path: str):
+    gguf = _require_gguf()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a GGUF file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:
+        raise ValueError(
+            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}). The file is corrupt, "
+            "truncated or not GGUF; download or convert it again"
+        ) from e
+    size = os.path.getsize(path)
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size or t.data.nbytes != int(t.n_bytes):
+            raise ValueError(
+                f"{path}: truncated GGUF file: tensor {t.name!r} needs bytes up to {end} but the "
+                f"file has {size}; download or convert it again"
+            )
+    return gguf, reader
+
+
+def _value(reader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    v = f.contents()
+    if isinstance(v, np.floating | float) and not isinstance(v, bool):
+        # GGUF stores float32; take the shortest decimal that round-trips (1e-05, not
+        # 9.99999974e-06), which is the value the converter was given.
+        v = float(str(np.float32(v)))
+    elif isinstance(v, np.integer):
+        v = int(v)
+    return v
+
+
+def gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """All scalar and string metadata of a GGUF file (arrays left out), for inspection."""
+    _, reader = _open(os.fspath(path))
+    out = {}
+    for k, f in reader.fields.items():
+        if len(f.types) == 1 or k == "general.languages":
+            try:
+                out[k] = f.contents()
+            except Exception:  # pragma: no cover - exotic field types
+                continue
+    return out
+
+
+_LAYER_TENSORS = {
+    "attn_norm": "attn_norm",
+    "attn_q": "wq",
+    "attn_k": "wk",
+    "attn_v": "wv",
+    "attn_output": "wo",
+    "ffn_norm": "mlp_norm",
+    "ffn_gate": "w_gate",
+    "ffn_up": "w_up",
+    "ffn_down": "w_down",
+}
+
+
+def read_gguf(path: str | os.PathLike, *, name: str | None = None):
+    """``(LlamaConfig, weights, Tokenizer)`` of a LLaMA-architecture GGUF file.
+
+    Weights are float32 in the canonical layout (see ``docs/loaders_and_study.md``),
+    dequantized with ``gguf.quants.dequantize`` (F32, F16, BF16, Q4_0/1, Q5_0/1,
+    Q8_0, K-quants, IQ-quants: whatever the installed ``gguf`` supports).
+    """
+    from .config import LlamaConfig
+    from .tokenizer import from_gguf_vocab
+
+    path = os.fspath(path)
+    gguf, reader = _open(path)
+    arch = _value(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(
+            f"{path}: unsupported architecture {arch!r}; scinjax models LLaMA-architecture "
+            "GGUFs (general.architecture == 'llama') only"
+        )
+
+    def meta(key: str, default: Any = None, *, required: bool = False):
+        v = _value(reader, f"llama.{key}", default)
+        if required and v is None:
+            raise ValueError(f"{path}: GGUF metadata llama.{key} is missing")
+        return v
+
+    n_head = int(meta("attention.head_count", required=True))
+    n_kv = int(meta("attention.head_count_kv", n_head))
+    hidden = int(meta("embedding_length", required=True))
+    head_dim = int(meta("attention.key_length", hidden // n_head))
+    rope_dims = int(meta("rope.dimension_count", head_dim))
+    if rope_dims != head_dim:
+        raise ValueError(f"{path}: partial rotary (rope.dimension_count={rope_dims}) unsupported")
+    scaling = meta("rope.scaling.type", "none")
+    if scaling not in (None, "none"):
+        raise ValueError(f"{path}: rope scaling {scaling!r} is not supported by scinjax models")
+
+    tensors = {t.name: t for t in reader.tensors}
+    if "rope_freqs.weight" in tensors:
+        raise ValueError(f"{path}: per-frequency rope factors (rope_freqs) are not supported")
+
+    def load(tname: str) -> np.ndarray:
+        t = tensors.get(tname)
+        if t is None:
+            raise ValueError(f"{path}: tensor {tname!r} is missing; is this a LLaMA GGUF?")
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise ValueError(
+                f"{path}: tensor {tname!r} has type {t.tensor_type.name}, which the installed "
+                f"gguf package cannot dequantize ({e}); upgrade gguf or convert the file to a "
+                "supported type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants)"
+            ) from e
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    n_layers = int(meta("block_count", required=True))
+    known = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
+        f"blk.{i}.{g}.weight" for i in range(n_layers) for g in _LAYER_TENSORS
+    }
+    extra = sorted(set(tensors) - known)
+    if extra:
+        raise ValueError(
+            f"{path}: tensors a LLaMA model does not have: {extra[:6]}"
+            f"{' ...' if len(extra) > 6 else ''}; this GGUF is not supported"
+        )
+
+    embed = load("token_embd.weight")  # [V, D]
+    vocab = embed.shape[0]
+    if embed.shape[1] != hidden:
+        raise ValueError(f"{path}: token_embd has width {embed.shape[1]}, expected {hidden}")
+    weights: dict[str, np.ndarray] = {"embed": embed}
+    for i in range(n_layers):
+        for gname, cname in _LAYER_TENSORS.items():
+            w = load(f"blk.{i}.{gname}.weight")
+            if gname == "attn_q":
+                w = unpermute_qk_from_gguf(w, n_head)
+            elif gname == "attn_k":
+                w = unpermute_qk_from_gguf(w, n_kv)
+            weights[f"layers.{i}.{cname}"] = w if w.ndim == 1 else np.ascontiguousarray(w.T)
+    weights["final_norm"] = load("output_norm.weight")
+    tied = "output.weight" not in tensors
+    if not tied:
+        weights["lm_head"] = np.ascontiguousarray(load("output.weight").T)
+
+    ffn = weights["layers.0.w_gate"].shape[1] if n_layers else int(meta("feed_forward_length", 0))
+    config = LlamaConfig(
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(ffn),
+        num_layers=n_layers,
+        num_heads=n_head,
+        num_kv_heads=n_kv,
+        head_dim=head_dim,
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        max_position=int(meta("context_length", 2048)),
+        tie_embeddings=tied,
+        name=name or os.path.splitext(os.path.basename(path))[0],
+    )
+
+    tok_model = _value(reader, "tokenizer.ggml.model")
+    if tok_model is None:
+        raise ValueError(f"{path}: the GGUF has no tokenizer (tokenizer.ggml.model missing)")
+    tokenizer = from_gguf_vocab(
+        model=str(tok_model),
+        tokens=_value(reader, "tokenizer.ggml.tokens"),
+        merges=_value(reader, "tokenizer.ggml.merges"),
+        token_types=_value(reader, "tokenizer.ggml.token_type"),
+        scores=_value(reader, "tokenizer.ggml.scores"),
+        pre=_value(reader, "tokenizer.ggml.pre"),
+        bos_id=_value(reader, "tokenizer.ggml.bos_token_id"),
+        eos_id=_value(reader, "tokenizer.ggml.eos_token_id"),
+        unk_id=_value(reader, "tokenizer.ggml.unknown_token_id"),
+        add_bos=_value(reader, "tokenizer.ggml.add_bos_token"),
+        source=path,
+    )
+    return config, weights, tokenizer

