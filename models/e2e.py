@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scinjax.collectives import Collective
 from scinjax.timing import FabricProfile, get_profile, load_published, profile_names, report_time
-from scinjax.timing.cli import SOFTWARE
+from scinjax.timing.cli import SOFTWARE, with_scin_efficiency
 from scinjax.traffic import TrafficReport, collective_record
 
 __all__ = [
@@ -354,11 +354,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="collectives without CUDA graphs (default: inside CUDA graphs)",
     )
+    ap.add_argument(
+        "--scin-efficiency",
+        type=float,
+        default=None,
+        help="override the (assumed) NVLink efficiency of scin (sensitivity)",
+    )
     ap.add_argument("--out", default="results/e2e")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     try:
         p = get_profile(args.fabric).replace(cuda_graphs=not args.eager)
+        if args.scin_efficiency is not None:
+            p = with_scin_efficiency(p, args.scin_efficiency)
         prefill = _counts(args.prefill)
         batches = _counts(args.decode_batch)
         algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())

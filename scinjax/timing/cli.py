@@ -11,6 +11,7 @@ ones, and writes ``timing.json`` and ``timing.png`` under ``--out`` (default
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -29,6 +30,7 @@ __all__ = [
     "speedups",
     "sweep",
     "timing_main",
+    "with_scin_efficiency",
 ]
 
 ALGORITHMS = ("ring", "one_shot", "two_shot", "nvls", "scin", "scin:int8", "scin:mxint8")
@@ -74,6 +76,11 @@ def parse_sizes(text: str) -> list[int]:
     if sorted(set(sizes)) != sizes:
         raise ValueError(f"message sizes {sizes} must be strictly increasing")
     return sizes
+
+
+def with_scin_efficiency(profile: FabricProfile, value: float) -> FabricProfile:
+    """``profile`` with the scin family's link efficiency replaced (a sensitivity knob)."""
+    return profile.replace(efficiency=dataclasses.replace(profile.efficiency, scin=value))
 
 
 def _fmt_size(n: int) -> str:
@@ -199,12 +206,20 @@ def timing_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/timing", help="directory for timing.json/png")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--calibration", action="store_true", help="also print the fit tables")
+    ap.add_argument(
+        "--scin-efficiency",
+        type=float,
+        default=None,
+        help="override the (assumed) NVLink efficiency of scin, for sensitivity studies",
+    )
     args = ap.parse_args(argv)
     try:
         sizes = parse_sizes(args.sizes)
         profile = get_profile(args.fabric)
         if args.graphs is not None:
             profile = profile.replace(cuda_graphs=args.graphs)
+        if args.scin_efficiency is not None:
+            profile = with_scin_efficiency(profile, args.scin_efficiency)
         n = profile.n_ranks if args.n_ranks is None else args.n_ranks
         algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
         needed = set(SOFTWARE) | {"nvls", "scin", "scin:int8"}
