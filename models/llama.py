@@ -1,0 +1,192 @@
+"""LLaMA-2-style decoder in Flax with Megatron tensor parallelism over a named axis.
+
+The model is one pure function of (params, token ids). Its two row-parallel
+projections per layer (attention output ``wo`` and MLP ``w_down``) form a
+partial sum per rank, [R, B*T, D], which a `Reducer` turns into the full sum
+through `scinjax.allreduce`; everything else is the same math as the
+unsharded model (see `models.tp` for the split).
+
+Shapes: B batch, T tokens, D hidden, V vocab, L layers, C cache length, Kh
+key-value heads of this program, R ranks held by this program (N when all
+ranks are emulated in one program, 1 per rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scinjax import Collective
+
+from .config import LlamaConfig
+from .layers import apply_rope, causal_attention, rms_norm, rope_tables, swiglu, to_slots
+from .tp import Layout
+
+__all__ = ["AXIS_NAME", "Reducer", "Block", "Llama"]
+
+AXIS_NAME = "tp"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Reducer:
+    """Turns per-rank partial sums [R, M, D] into their All-Reduce [M, D].
+
+    Attributes:
+      collective: the All-Reduce, or None when there is one rank (the sum of
+        one partial is itself; no cast, no call).
+      wire_dtype: dtype the partials are cast to before the All-Reduce (what a
+        GPU holds); the result is cast back to `compute_dtype`.
+      compute_dtype: dtype of the residual stream.
+      batched: True when this program holds all N ranks (R = N) and emulates
+        them with `jax.vmap(axis_name=axis_name)`; False when `axis_name` is
+        already bound by the caller (`shard_map`, or a vmap of the per-rank
+        program) and R = 1.
+      axis_name: the rank axis.
+    """
+
+    collective: Collective | None
+    wire_dtype: str = "bfloat16"
+    compute_dtype: str = "float32"
+    batched: bool = True
+    axis_name: str = AXIS_NAME
+
+    def __call__(self, partials: jax.Array, *, label: str, key=None) -> jax.Array:
+        """[R, M, D] partial sums -> [M, D] in `compute_dtype`."""
+        if self.collective is None:
+            if partials.shape[0] != 1:
+                raise ValueError(f"no collective given for {partials.shape[0]} partial sums")
+            return partials[0].astype(self.compute_dtype)
+        wire = partials.astype(self.wire_dtype)
+
+        def one_rank(p):  # [M, D] of one rank -> [M, D], identical on every rank
+            return self.collective(p, self.axis_name, key=key, label=label)
+
+        if self.batched:
+            out = jax.vmap(one_rank, axis_name=self.axis_name)(wire)[0]
+        else:
+            out = one_rank(wire[0])
+        return out.astype(self.compute_dtype)
+
+
+def _row_parallel(act: jax.Array, w: jax.Array, reducer: Reducer, *, label: str, key):
+    """All-Reduce of the per-rank partial sums act[:, :, r] @ w[r].
+
+    act: [B, T, R, K] activations in rank slots; w: [R, K, D] row blocks.
+    Returns [B, T, D]. The All-Reduce sees [B*T, D] per rank.
+    """
+    b, t = act.shape[:2]
+    partials = jnp.einsum("btrk,rkd->rbtd", act, w)  # [R, B, T, D]
+    out = reducer(partials.reshape(partials.shape[0], b * t, -1), label=label, key=key)
+    return out.reshape(b, t, -1)
+
+
+def _init(name: str):
+    if name.endswith("norm"):
+        return nn.initializers.ones
+    return nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
+
+
+class Block(nn.Module):
+    """One decoder block, [B, T, D] -> [B, T, D]: x += attn(norm(x)); x += mlp(norm(x)).
+
+    Parameters in this program's view (`TPPlan.layer_shapes`): attn_norm [D];
+    wq [D, (R,) Hq'*hd]; wk, wv [D, (R,) Kh*hd]; wo [R, S*hd, D]; mlp_norm [D];
+    w_gate, w_up [D, (R,) F']; w_down [R, Sf, D].
+    """
+
+    config: LlamaConfig
+    layout: Layout
+    reducer: Reducer
+    layer_shapes: tuple  # ((key, shape), ...)
+
+    @nn.compact
+    def __call__(self, x, xs, cos, sin, key, start):
+        """x [B, T, D]; xs = (layer index, cache k, cache v [B, C, Kh, hd] or None)."""
+        c, lay = self.config, self.layout
+        layer, cache_k, cache_v = xs
+        p = {name: self.param(name, _init(name), shape) for name, shape in self.layer_shapes}
+        b, t, d = x.shape
+        hd = c.head_dim
+        keys = (None, None) if key is None else jax.random.split(jax.random.fold_in(key, layer))
+
+        h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
+        q = (h @ p["wq"].reshape(d, -1)).reshape(b, t, lay.q_heads, hd)
+        k = (h @ p["wk"].reshape(d, -1)).reshape(b, t, lay.kv_heads, hd)
+        v = (h @ p["wv"].reshape(d, -1)).reshape(b, t, lay.kv_heads, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_k is None:
+            attn = causal_attention(q, k, v)
+        else:
+            at = (0, start, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
+            attn = causal_attention(q, cache_k, cache_v, offset=start)
+        slots = to_slots(attn, lay.head_slots, lay.ranks)  # [B, T, R, S*hd]
+        x = x + _row_parallel(slots, p["wo"], self.reducer, label="attn_out", key=keys[0])
+
+        h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)
+        act = swiglu(h @ p["w_gate"].reshape(d, -1), h @ p["w_up"].reshape(d, -1))
+        slots = to_slots(act[..., None], lay.ff_slots, lay.ranks)  # [B, T, R, Sf]
+        x = x + _row_parallel(slots, p["w_down"], self.reducer, label="mlp_out", key=keys[1])
+        return x, (cache_k, cache_v)
+
+
+class Llama(nn.Module):
+    """The decoder: token ids [B, T] -> float32 logits [B, T, V].
+
+    Layers run under `nn.scan` over parameters stacked on a leading [L]
+    axis, so compile time does not grow with depth. `key` (optional) feeds
+    stochastic rounding in the All-Reduces (layer l uses fold_in(key, l),
+    split between its two All-Reduces). With `cache` = (k, v), each
+    [L, B, C, Kh, hd], the tokens sit at positions start .. start+T-1, the
+    cache is updated there and returned: (logits, cache).
+    """
+
+    config: LlamaConfig
+    layout: Layout
+    reducer: Reducer
+    layer_shapes: tuple
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, key=None, cache=None, start=0):
+        c = self.config
+        dtype = jnp.dtype(self.reducer.compute_dtype)
+        embed = self.param("embed", nn.initializers.normal(1.0), (c.vocab_size, c.hidden_size))
+        x = jnp.take(embed, tokens, axis=0).astype(dtype)  # [B, T, D]
+        positions = jnp.arange(tokens.shape[-1]) + start
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+        layers = nn.scan(
+            Block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            # The default traces the body once more outside the loop (to check
+            # broadcast constants); that copy would sit in the jaxpr, where
+            # count_traffic would count its All-Reduces as an extra layer.
+            check_constancy_invariants=False,
+        )(
+            config=c,
+            layout=self.layout,
+            reducer=self.reducer,
+            layer_shapes=self.layer_shapes,
+            name="layers",
+        )
+        cache_k, cache_v = (None, None) if cache is None else cache
+        xs = (jnp.arange(c.num_layers), cache_k, cache_v)
+        x, new_cache = layers(x, xs, cos, sin, key, start)
+        norm = self.param("final_norm", nn.initializers.ones, (c.hidden_size,))
+        x = rms_norm(x, norm, c.rms_norm_eps)
+        if c.tie_embeddings:
+            head = embed.T
+        else:
+            shape = (c.hidden_size, c.vocab_size)
+            head = self.param("lm_head", nn.initializers.lecun_normal(), shape)
+        logits = jnp.einsum(
+            "btd,dv->btv", x, head.astype(dtype), preferred_element_type=jnp.float32
+        ).astype(np.float32)
+        return logits if cache is None else (logits, new_cache)
