@@ -312,27 +312,33 @@ def _plot(path: Path, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, phase, xlabel in (
-        (axes[0], "ttft", "prompt tokens"),
-        (axes[1], "tpot", "decode batch"),
-    ):
-        for key, v in result["speedups"].items():
-            name, ph, alg, _, base = key.split()
-            if ph != phase:
-                continue
-            xs = list(v["per_point"])
-            style = "-" if base == "nvls" else "--"
-            ax.semilogx(
-                xs,
-                list(v["per_point"].values()),
-                style,
-                marker=".",
-                label=f"{name} {alg} vs {base}",
+    paper = load_published()["scin_paper"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex="col")
+    names = list(result["models"])
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    for col, (phase, xlabel) in enumerate((("ttft", "prompt tokens"), ("tpot", "decode batch"))):
+        for row, base in enumerate(("nvls", "software")):
+            ax = axes[row][col]
+            for key, v in result["speedups"].items():
+                name, ph, alg, _, b = key.split()
+                if (ph, b) != (phase, base):
+                    continue
+                xs = [int(x) for x in v["per_point"]]
+                ax.semilogx(
+                    xs,
+                    list(v["per_point"].values()),
+                    "-" if alg == "scin" else "--",
+                    marker=".",
+                    color=colors[name],
+                    label=f"{name} {alg}",
+                )
+            ax.axhline(
+                paper[f"{phase}_speedup_vs_{base}"], color="k", ls=":", label="published (up to)"
             )
-        ax.set(xlabel=xlabel, ylabel=f"{phase.upper()} speedup", title=phase.upper())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+            ax.set(ylabel=f"{phase.upper()} speedup vs {base}", xlabel=xlabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("SCIN (solid) and SCIN+INT8 (dashed) over NVLS and the best software algorithm")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
