@@ -20,6 +20,8 @@ import math
 import sys
 from pathlib import Path
 
+from scinjax.models import get_config, model_traffic
+
 from scinjax.collectives import Collective
 from scinjax.timing import FabricProfile, get_profile, load_published, profile_names, report_time
 from scinjax.timing.cli import SOFTWARE, with_scin_efficiency
@@ -183,8 +185,6 @@ def step_time(
 
 
 def _traffic(config, *, tp: int, collective: str, tokens: int, batch: int) -> TrafficReport:
-    from scinjax.models import model_traffic
-
     if tokens > config.max_position:  # shapes only: the ledger needs no positions
         config = config.replace(max_position=tokens)
     return model_traffic(config, tp=tp, collective=collective, tokens=tokens, batch=batch)
@@ -209,8 +209,6 @@ def run(
     :func:`scinjax.models.model_traffic`; it is traced once per model and point (with the
     first algorithm) and :func:`retarget`-ed to the others.
     """
-    from scinjax.models import get_config
-
     p = get_profile(profile)
     traffic_fn = traffic_fn or _traffic
     algorithms = tuple(algorithms)

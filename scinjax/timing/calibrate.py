@@ -53,8 +53,9 @@ def _bisect(f, lo: float, hi: float, iters: int = 80) -> float:
     f_lo = f(lo)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if (f(mid) > 0) == (f_lo > 0):
-            lo, f_lo = mid, f(mid)
+        f_mid = f(mid)
+        if (f_mid > 0) == (f_lo > 0):
+            lo, f_lo = mid, f_mid
         else:
             hi = mid
     return 0.5 * (lo + hi)
