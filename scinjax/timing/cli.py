@@ -162,7 +162,7 @@ def _calibration_text(fabric: str) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, sizes, times, bus, title: str) -> None:
+def _plot(path: Path, sizes, times, bus, title: str, measured: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,10 +174,12 @@ def _plot(path: Path, sizes, times, bus, title: str) -> None:
         style = "-" if a.startswith("scin") else "--"
         ax1.loglog(sizes, [t * 1e6 for t in times[a]], style, marker=".", label=a)
         ax2.semilogx(sizes, bus[a], style, marker=".", label=a)
-    ms = sweep_data["size_bytes"]
-    mt = [1.75 * s / (b * _GB) * 1e6 for s, b in zip(ms, sweep_data["busbw_GBps"], strict=True)]
-    ax1.loglog(ms, mt, "kx", label="nvls measured (8xH100, nccl-tests)")
-    ax2.semilogx(ms, sweep_data["busbw_GBps"], "kx", label="nvls measured (8xH100)")
+    if measured:  # the public sweep, for NVSwitch fabrics (8 ranks, eager) only
+        ms = [s for s in sweep_data["size_bytes"] if s <= sizes[-1]]
+        bw = sweep_data["busbw_GBps"][: len(ms)]
+        mt = [1.75 * s / (b * _GB) * 1e6 for s, b in zip(ms, bw, strict=True)]
+        ax1.loglog(ms, mt, "kx", label="nvls measured (8xH100, nccl-tests, eager)")
+        ax2.semilogx(ms, bw, "kx", label="nvls measured (8xH100, eager)")
     ax1.set(xlabel="message bytes per rank", ylabel="latency (us)", title=title)
     ax2.set(xlabel="message bytes per rank", ylabel="busbw (GB/s, nccl-tests convention)")
     for ax in (ax1, ax2):
@@ -299,6 +301,7 @@ def timing_main(argv: list[str] | None = None) -> int:
             {a: times[a] for a in algorithms},
             bus_bw,
             f"All-Reduce on {profile.name}, N={n}, {mode}",
+            measured="nvswitch" in profile.name and n == 8,
         )
         written.append(out / "timing.png")
     print("\nwrote " + ", ".join(str(p) for p in written))
