@@ -7,6 +7,7 @@ Natural logarithms throughout (KL in nats, perplexity = exp(mean NLL)).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ __all__ = [
     "log_softmax",
     "token_nll",
     "perplexity",
+    "perplexity_from_sum",
     "token_kl",
     "top1_agreement",
     "max_abs_diff",
@@ -44,9 +46,20 @@ def perplexity(nll: np.ndarray) -> float:
     return float(np.exp(np.mean(np.asarray(nll, dtype=np.float64))))
 
 
-def token_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """``KL(ref || other)`` per token, ``[T]`` float64 nats: ``sum_v p_ref (log p_ref - log p)``."""
-    lp_ref, lp = log_softmax(ref_logits), log_softmax(logits)
+def perplexity_from_sum(nll_sum: float, tokens: int) -> float:
+    """``exp(nll_sum / tokens)``: perplexity from a running NLL sum."""
+    if tokens <= 0:
+        raise ValueError(f"perplexity of {tokens} tokens is undefined")
+    return float(math.exp(nll_sum / tokens))
+
+
+def token_kl(ref_logits: np.ndarray, logits: np.ndarray, *, ref_logp=None) -> np.ndarray:
+    """``KL(ref || other)`` per token, ``[T]`` float64 nats: ``sum_v p_ref (log p_ref - log p)``.
+
+    ``ref_logp``: ``log_softmax(ref_logits)`` if already computed (saves a pass).
+    """
+    lp_ref = log_softmax(ref_logits) if ref_logp is None else ref_logp
+    lp = log_softmax(logits)
     kl = np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=-1)
     return np.maximum(kl, 0.0)  # rounding can leave -1e-17 for identical rows
 
@@ -74,10 +87,18 @@ def tokens_until_divergence(ref: Sequence[int], other: Sequence[int]) -> int:
     return n
 
 
-def compare_logits(ref_logits: np.ndarray, logits: np.ndarray, targets: Sequence[int]) -> dict:
-    """All logit metrics of one window: NLL sums, KL mean/max, top-1 agreement, max |dlogit|."""
-    nll = token_nll(logits, targets)
-    kl = token_kl(ref_logits, logits)
+def compare_logits(
+    ref_logits: np.ndarray, logits: np.ndarray, targets: Sequence[int], *, ref_logp=None
+) -> dict:
+    """All logit metrics of one window ``[T, V]``: sums of NLL and KL over its T tokens,
+    max KL, count of top-1 agreements, max |dlogit| (``ref_logp`` as in :func:`token_kl`)."""
+    lp = log_softmax(logits)
+    t = np.asarray(targets, dtype=np.int64)
+    if lp.shape[:-1] != t.shape:
+        raise ValueError(f"logits {lp.shape} and targets {t.shape} disagree on the token axis")
+    nll = -np.take_along_axis(lp, t[..., None], axis=-1)[..., 0]
+    lp_ref = log_softmax(ref_logits) if ref_logp is None else ref_logp
+    kl = np.maximum(np.sum(np.exp(lp_ref) * (lp_ref - lp), axis=-1), 0.0)
     return {
         "tokens": int(nll.shape[0]),
         "nll_sum": float(nll.sum()),

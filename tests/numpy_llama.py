@@ -55,26 +55,29 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
 def forward(config, weights: dict, ids, dtype=np.float64) -> np.ndarray:
     """Logits ``[T, V]`` (float32) of token ids ``[T]`` at positions 0..T-1."""
     c = config
-    W = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
+
+    def W(name):  # converted on use: a float64 copy of every weight at once is ~1 GB
+        return np.asarray(weights[name], dtype=dtype)
+
     ids = np.asarray(ids, dtype=np.int64)
     T = ids.shape[0]
     pos = np.arange(T)
-    x = W["embed"][ids]  # [T, D]
+    x = W("embed")[ids]  # [T, D]
     for i in range(c.num_layers):
         p = f"layers.{i}."
-        h = rms_norm(x, W[p + "attn_norm"], c.rms_norm_eps)
-        q = (h @ W[p + "wq"]).reshape(T, c.num_heads, c.head_dim)
-        k = (h @ W[p + "wk"]).reshape(T, c.num_kv_heads, c.head_dim)
-        v = (h @ W[p + "wv"]).reshape(T, c.num_kv_heads, c.head_dim)
+        h = rms_norm(x, W(p + "attn_norm"), c.rms_norm_eps)
+        q = (h @ W(p + "wq")).reshape(T, c.num_heads, c.head_dim)
+        k = (h @ W(p + "wk")).reshape(T, c.num_kv_heads, c.head_dim)
+        v = (h @ W(p + "wv")).reshape(T, c.num_kv_heads, c.head_dim)
         q, k = rope(q, pos, c.rope_theta), rope(k, pos, c.rope_theta)
         a = attention(q, k, v).reshape(T, c.num_heads * c.head_dim)
-        x = x + a @ W[p + "wo"]
-        h = rms_norm(x, W[p + "mlp_norm"], c.rms_norm_eps)
-        g = h @ W[p + "w_gate"]
+        x = x + a @ W(p + "wo")
+        h = rms_norm(x, W(p + "mlp_norm"), c.rms_norm_eps)
+        g = h @ W(p + "w_gate")
         silu = g / (1.0 + np.exp(-g))
-        x = x + (silu * (h @ W[p + "w_up"])) @ W[p + "w_down"]
-    x = rms_norm(x, W["final_norm"], c.rms_norm_eps)
-    head = W["embed"].T if c.tie_embeddings else W["lm_head"]
+        x = x + (silu * (h @ W(p + "w_up"))) @ W(p + "w_down")
+    x = rms_norm(x, W("final_norm"), c.rms_norm_eps)
+    head = W("embed").T if c.tie_embeddings else W("lm_head")
     return (x @ head).astype(np.float32)
 
 
