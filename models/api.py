@@ -194,6 +194,14 @@ class LoadedModel:
         tokens = self._check_ids(token_ids, ndim=1)
         return np.asarray(self._forward(self.params, tokens[None], key)[0])
 
+    def lower(self, length: int, batch: int = 1):
+        """The forward of [batch, length] ids lowered ahead of time (`.compile()` compiles it).
+
+        For measuring compile time; `forward`/`logits` keep their own jit cache.
+        """
+        ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+        return self._forward.lower(self.params, ids, None)
+
     def init_cache(self, batch: int, length: int):
         """Zero KV cache (k, v), each [L, B, C, Kh, hd] in the compute dtype."""
         c = self.config
