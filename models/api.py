@@ -128,6 +128,31 @@ class LoadedModel:
             f"compute={self.compute_dtype}, mode={self.mode!r})"
         )
 
+    def with_collective(
+        self, collective: str | Collective, *, wire_dtype: str = "bfloat16"
+    ) -> LoadedModel:
+        """The same model on the same ranks with another All-Reduce; params are shared.
+
+        Compute dtype, mode, mesh and tokenizer carry over; `wire_dtype` is as in
+        `build_model` (ignored by "exact").
+        """
+        module, plan = make_module(
+            self.config,
+            tp=self.tp,
+            collective=collective,
+            wire_dtype=wire_dtype,
+            compute_dtype=self.compute_dtype,
+            mode=self.mode,
+        )
+        return LoadedModel(
+            module=module,
+            plan=plan,
+            params=self.params,
+            mode=self.mode,
+            mesh=self.mesh,
+            tokenizer=self.tokenizer,
+        )
+
     # ---- programs ------------------------------------------------------------------------
 
     def _counted(self, fn):

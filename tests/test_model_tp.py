@@ -83,6 +83,9 @@ def test_same_arithmetic_same_bits():
         c: build_model(config, weights, tp=4, collective=c).logits(ids)
         for c in ("scin", "nvls", "scin:int8", "two_shot:int8")
     }
+    shared = build_model(config, weights, tp=4).with_collective("scin:int8")
+    assert str(shared.collective) == "scin:int8" and shared.wire_dtype == "bfloat16"
+    np.testing.assert_array_equal(shared.logits(ids), out["scin:int8"])
     np.testing.assert_array_equal(out["scin"], out["nvls"])
     np.testing.assert_array_equal(out["scin:int8"], out["two_shot:int8"])
     assert not np.array_equal(out["scin"], out["scin:int8"])
