@@ -277,15 +277,16 @@ def fold_in_noise(key):
 
 
 @pytest.mark.parametrize(
-    "alg,up,down,N",
+    "alg,up,down,N,shape",
     [
-        pytest.param("scin", STOCH, STOCH, 3, id="scin-stoch-N3"),
-        pytest.param("scin", None, STOCH5, 4, id="scin-None-stoch5-N4"),
-        pytest.param("two_shot", STOCH5, STOCH5, 8, id="two_shot-stoch5-N8"),
+        pytest.param("scin", STOCH, STOCH, 3, (3, 37), id="scin-stoch-N3"),
+        pytest.param("scin", None, STOCH5, 4, (3, 37), id="scin-None-stoch5-N4"),
+        pytest.param("two_shot", STOCH5, STOCH5, 8, (3, 37), id="two_shot-stoch5-N8"),
+        pytest.param("two_shot", STOCH, STOCH, 8, (5,), id="two_shot-stoch-N8-empty-runs"),
     ],
 )
-def test_stochastic_rounding(alg, up, down, N):
-    x = {"a": cdata(4000 + N, N, QLEAVES)["a"]}
+def test_stochastic_rounding(alg, up, down, N, shape):
+    x = {"a": cdata(4000 + N, N, {"a": (shape, "bfloat16")})["a"]}
     k0, k1 = jax.random.key(0), jax.random.key(1)
     out0 = run(alg, x, key=k0, uplink=up, downlink=down)
     again = run(alg, x, key=k0, uplink=up, downlink=down)
@@ -303,6 +304,22 @@ def test_stochastic_rounding(alg, up, down, N):
             noise=fold_in_noise(key),
         )
         check_all_ranks(out, {"a": want}, f"{alg} stochastic")
+
+
+EXTRA_N = [
+    pytest.param("ring", {}, 5, id="ring-N5"),
+    pytest.param("nvls", dict(order="pairwise"), 5, id="nvls-pairwise-N5"),
+    pytest.param("two_shot", {}, 16, id="two_shot-N16"),
+    pytest.param("two_shot", dict(uplink="int8", downlink="int8"), 5, id="two_shot-int8-N5"),
+]
+
+
+@pytest.mark.parametrize("alg,kw,N", EXTRA_N)
+def test_other_rank_counts(alg, kw, N):
+    tree = cdata(7000 + N, N, {"a": ((3, 37), "bfloat16"), "b": ((2, 7), "float32")})
+    out = run(alg, tree, **kw)
+    rkw = {k: (formats.get(v) if k in ("uplink", "downlink") else v) for k, v in kw.items()}
+    check_all_ranks(out, ref_tree(alg, tree, **rkw), f"{alg} N={N}")
 
 
 # --------------------------------------------------------------------------- non-finite
@@ -346,6 +363,77 @@ def test_nan_poisons_exactly_expected(alg, kw, N):
         inf = np.isinf(np.asarray(out["a"])[0].astype(np.float32))
         assert (got_nan == (expect & ~inf)).all() and got_nan[1, 3] and inf[2, 33]
     assert not np.isnan(np.asarray(out["c"]).astype(np.float32)).any()
+
+
+# --------------------------------------------------------------------------- adversarial values
+
+
+def extreme_tree(N, leaves, seed):
+    """Subnormals, partial sums that cancel into the subnormal range, sums that overflow."""
+    rng = np.random.default_rng(seed)
+    tiny = np.float32(2.0**-126)
+    out = {}
+    for name, (shape, dt) in leaves.items():
+        full = (N,) + shape
+        fin = ml_dtypes.finfo(NPDT[dt])
+        v = rng.standard_normal(full) * float(tiny) * 4  # around the smallest normal
+        flat = v.reshape(N, -1)
+        m = flat.shape[1]
+        flat[:, : m // 4] *= rng.choice([1e-2, 0.3, 1.0], (N, m // 4))  # subnormal inputs
+        flat[0, m // 4 : m // 2] = 1.5 * float(tiny)  # x0 + x1 = 0.5 * tiny: flushed
+        flat[1, m // 4 : m // 2] = -1.0 * float(tiny)
+        flat[:, m // 2 : 3 * m // 4] = float(fin.max) * rng.choice([-0.9, 0.6, 0.9], (N, 1))
+        out[name] = np.asarray(v, np.float64).astype(NPDT[dt])
+    return out
+
+
+@pytest.mark.parametrize("alg,N", [(a, 4) for a in scinjax.ALGORITHMS] + [("ring", 3)])
+def test_ftz_and_overflow_in_reductions(alg, N):
+    tree = extreme_tree(N, LEAVES, N)
+    out = run(alg, tree)  # same shapes as the grid: no new compile
+    check_all_ranks(out, ref_tree(alg, tree), f"{alg} extreme N={N}")
+
+
+def test_ftz_and_overflow_quantized():
+    tree = extreme_tree(3, {"a": ((3, 37), F16), "c": ((5,), BF)}, 1)
+    kw = dict(uplink="mxint8", downlink="mxint8")
+    out = run("scin", tree, **kw)  # compiled by the quantized grid
+    check_all_ranks(out, ref_tree("scin", tree, **kw), "scin mxint8 extreme")
+
+
+def _trap_values(n_ties):
+    """A float16 scale S and ties (c+.5)*S where x*(1/S) != x/S changes the code."""
+    f32 = np.float32
+    for sbits in range(0x3C00, 0x3C00 + 1024):
+        S = f32(np.uint16(sbits).view(np.float16))
+        inv = f32(1) / S
+        cs = [
+            c for c in range(-126, 127) if np.rint(f32(f32(c + 0.5) * S) * inv) != np.rint(c + 0.5)
+        ]
+        if len(cs) >= n_ties:
+            return S, (np.array(cs[:n_ties]) + 0.5).astype(np.float32) * S
+    raise AssertionError
+
+
+@pytest.mark.parametrize("up,down", [(None, "int8"), ("int8", None)], ids=["down", "up"])
+def test_division_trap_inside_allreduce(up, down):
+    """Tie values reach the uplink (rank 0's buffer) or the downlink (the sum: other ranks
+    hold zeros) quantizer inside a jitted vmapped allreduce."""
+    S, ties = _trap_values(31)
+    x = np.zeros((2, 2, 32), np.float32)
+    x[0, :, 0] = 127 * S
+    x[0, 0, 1:] = ties
+    x[0, 1, 1:] = -ties
+    out = run("scin", {"t": x}, uplink=up, downlink=down)
+    want = ref_tree(
+        "scin",
+        {"t": x},
+        uplink=formats.get(up) if up else None,
+        downlink=formats.get(down) if down else None,
+    )
+    check_all_ranks(out, want, f"trap {up}/{down}")
+    # sensitivity: the codes of the ties matter (exact result is not the naive one)
+    assert (np.asarray(out["t"])[0, 0, 1:] != np.rint(ties * (np.float32(1) / S)) * S).any()
 
 
 # --------------------------------------------------------------------------- pytree / Collective

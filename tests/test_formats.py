@@ -269,6 +269,32 @@ def test_subnormal_inputs_are_flushed():
         assert_q_equal(quant(jnp.asarray(xs), f), xs, f, what=f"tiny scale {kw}")
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(scale_dtype="float16"),
+        dict(scale_dtype="bfloat16"),
+        dict(scale_dtype="float32"),
+        dict(scale_dtype="e8m0"),
+        dict(scale_dtype="float16", bits=2),
+        dict(scale_dtype="e8m0", bits=3),
+    ],
+    ids=lambda k: "-".join(f"{v}" for v in k.values()),
+)
+def test_tiny_scales(kw):
+    """Block maxima over every small binade: float16 subnormal scales, bf16/f32 scales
+    below 2**-126 (zero), e8m0 clamped at -127."""
+    fmt = formats.IntFormat(block_size=16, **kw)
+    e = np.arange(-126, -2)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (len(e), 16)) * np.exp2(e)[:, None]
+    x[:, 0] = np.exp2(e) * rng.uniform(1, 2, len(e))
+    x = x.astype(np.float32)
+    q = quant(jnp.asarray(x), fmt)
+    codes, scales = assert_q_equal(q, x, fmt, what=f"tiny {kw}")
+    assert_bits(jdq(jnp.float32)(q), R.dequantize(codes, scales, ref_fmt(fmt)), "tiny deq")
+
+
 def test_subnormal_inputs_captured_constant_under_jit():
     """A jitted computation on a closed-over constant (XLA may constant-fold it)."""
     fmt = formats.get("int8-b128-f32")

@@ -70,6 +70,27 @@ SCRIPT = textwrap.dedent(
                 assert_bits(got_sm[r], got_vm[r], "shard_map vs vmap " + what)
         print("ok", alg, up, down, N, flush=True)
 
+    def traffic_under_shard_map():
+        N, H = 8, 37
+        mesh = Mesh(np.array(jax.devices()), ("tp",))
+
+        def per_dev(x):
+            y = scinjax.allreduce(x[0], "tp", "scin", uplink="int8", downlink="int8")
+            return scinjax.allreduce(y, "tp", "ring")[None]
+
+        sm = jax.shard_map(per_dev, mesh=mesh, in_specs=P("tp"), out_specs=P("tp"))
+        rep = scinjax.count_traffic(sm, jax.ShapeDtypeStruct((N, 3, H), jnp.bfloat16))
+        n = 3 * H
+        s = [n // N + (j < n % N) for j in range(N)]
+        ring_up = [(2 * n - s[r] - s[(r + 1) % N]) * 2 for r in range(N)]
+        ring_dn = [(2 * n - s[r - 1] - s[r]) * 2 for r in range(N)]
+        assert rep.n_ranks == N, rep.n_ranks
+        assert list(rep.up_scale) == [3 * 2 * 2] * N, rep.up_scale
+        assert list(rep.up_payload) == [n + u for u in ring_up], rep.up_payload
+        assert list(rep.down_payload) == [n + d for d in ring_dn], rep.down_payload
+        print("ok traffic under shard_map", flush=True)
+
+    traffic_under_shard_map()
     for i, (alg, up, down) in enumerate(CONFIGS):
         check(8, alg, up, down, i)
     check(3, "ring", None, None, 100)
