@@ -275,3 +275,30 @@ def test_smollm2_embedding_matches_raw_gguf(smollm2):
     np.testing.assert_array_equal(
         w["embed"][:64], gguf.quants.dequantize(t.data[:64], t.tensor_type)
     )
+
+
+def test_sentencepiece_vocab_tokenizer():
+    """tokenizer.ggml.model == "llama": merges ranked by the merged piece's score, byte fallback."""
+    from scinjax.models.tokenizer import from_gguf_vocab
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += ["▁", "a", "b", "▁a", "ab", "▁ab"]
+    scores = [0.0] * 259 + [-1.0, -2.0, -3.0, -5.0, -4.0, -6.0]
+    types = [2, 3, 3] + [6] * 256 + [1] * 6  # UNKNOWN, CONTROL x2, BYTE, NORMAL
+    tok = from_gguf_vocab(
+        model="llama",
+        tokens=tokens,
+        scores=scores,
+        token_types=types,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+    )
+    ids = {t: i for i, t in enumerate(tokens)}
+    assert tok.add_bos  # llama.cpp's default for SentencePiece vocabularies
+    # "ab ab" -> "▁ab ▁ab"; "▁a"+"b" and "▁"+"ab" both give "▁ab".
+    assert tok.encode("ab ab") == [1, ids["▁ab"], ids["▁ab"]]
+    # "c" is not in the vocabulary: byte fallback to <0x63>.
+    assert tok.encode("ac", add_bos=False) == [ids["▁a"], ids["<0x63>"]]
+    for text in ["ab ab", "ac", "b a"]:
+        assert tok.decode(tok.encode(text, add_bos=False)) == text
