@@ -306,6 +306,25 @@ def test_stochastic_rounding(alg, up, down, N, shape):
         check_all_ranks(out, {"a": want}, f"{alg} stochastic")
 
 
+def test_stochastic_pytree_leaves_draw_independent_noise():
+    """Leaf i of a several-leaf pytree uses fold_in(key, i) (docs/semantics.md)."""
+    v = cdata(4100, 3, {"a": ((3, 37), "bfloat16")})["a"]
+    key = jax.random.key(7)
+    out = run("scin", {"a": v, "b": v}, key=key, uplink=STOCH, downlink=STOCH)
+    ref_fmt = R.RefInt(STOCH.bits, STOCH.block_size, STOCH.scale_dtype, STOCH.rounding)
+    for index, name in enumerate(("a", "b")):
+        want = R.allreduce(
+            v,
+            "scin",
+            uplink=ref_fmt,
+            downlink=ref_fmt,
+            noise=fold_in_noise(jax.random.fold_in(key, index)),
+        )
+        check_all_ranks({name: out[name]}, {name: want}, f"leaf {name}")
+    a, b = (np.asarray(out[k]).view(np.uint16) for k in ("a", "b"))
+    assert not np.array_equal(a, b), "identical leaves must not share rounding noise"
+
+
 EXTRA_N = [
     pytest.param("ring", {}, 5, id="ring-N5"),
     pytest.param("nvls", dict(order="pairwise"), 5, id="nvls-pairwise-N5"),

@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from scinjax.collectives._config import Collective, int_block_size
@@ -83,7 +84,7 @@ def allreduce(
         )
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(x)
     out = []
-    for path, leaf in paths_leaves:
+    for index, (path, leaf) in enumerate(paths_leaves):
         check_float_input(leaf, "allreduce")
         name = label if not path else f"{label or ''}{jax.tree_util.keystr(path)}"
         spec = CallSpec(
@@ -98,7 +99,12 @@ def allreduce(
             label=name,
         )
         kernel = _kernel(spec, axis_name)
-        out.append(kernel(leaf, key) if coll.stochastic else kernel(leaf))
+        if not coll.stochastic:
+            out.append(kernel(leaf))
+        else:  # leaves of a pytree draw independent noise
+            out.append(
+                kernel(leaf, key if len(paths_leaves) == 1 else jax.random.fold_in(key, index))
+            )
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -154,20 +160,31 @@ def _downlink_noise(spec: CallSpec, key):
 
 
 def _ring(x, axis_name, n: int, accumulate: str):
-    """NCCL ring: chunk c starts at rank c+1, each hop adds and rounds to x.dtype."""
+    """NCCL ring: chunk c starts at rank c+1, each hop adds and rounds to x.dtype.
+
+    The uneven chunks are padded to a common width C so that every hop is one gather
+    of N rows (``[N ranks, N chunks, C]`` -> ``[N chunks, C]``): O(N) operations, which
+    keeps compile time linear in N.
+    """
     shape, dtype = x.shape, x.dtype
     flat = lax.all_gather(x.reshape(-1), axis_name)  # [N, n]
     sizes = chunk_sizes(flat.shape[1], n)
+    width = sizes[0]
     starts = [sum(sizes[:c]) for c in range(n)]
+    if sizes[-1] == width:  # N divides n
+        padded = flat.reshape(n, n, width)  # [N ranks, N chunks, C]
+    else:
+        pieces = [flat[:, a : a + s] for a, s in zip(starts, sizes, strict=True)]
+        padded = jnp.stack([jnp.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in pieces], 1)
+    chunk_ids = np.arange(n)
 
-    def hop_operand(k):  # what is added at hop k, for every element
-        return jnp.concatenate(
-            [flat[(c + 1 + k) % n, starts[c] : starts[c] + sizes[c]] for c in range(n) if sizes[c]]
-        )
+    def hop_operand(k):  # [N chunks, C]: chunk c as held by rank c+1+k
+        return padded[(chunk_ids + 1 + k) % n, chunk_ids]
 
     partial = hop_operand(0)
     for k in range(1, n):
         a = round_acc(to_f32(partial), accumulate)
         b = round_acc(to_f32(hop_operand(k)), accumulate)
         partial = add(a, b, accumulate).astype(dtype)
-    return partial.reshape(shape)
+    pieces = [partial[c, : sizes[c]] for c in range(n)]
+    return jnp.concatenate(pieces).reshape(shape)
