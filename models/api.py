@@ -67,7 +67,7 @@ def make_module(
     plan = make_plan(config, tp)
     batched = mode == "vmap" or tp == 1
     reducer = Reducer(
-        collective=None if tp == 1 else coll,
+        collective=coll,
         wire_dtype=wire,
         compute_dtype=compute,
         batched=batched,
@@ -113,7 +113,7 @@ class LoadedModel:
         self.mesh = mesh
         self.tokenizer = tokenizer
         reducer = module.reducer
-        self.collective = reducer.collective or Collective.parse("exact")
+        self.collective = reducer.collective
         self.wire_dtype = reducer.wire_dtype
         self.compute_dtype = reducer.compute_dtype
         self.params = params

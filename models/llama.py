@@ -36,8 +36,7 @@ class Reducer:
     """Turns per-rank partial sums [R, M, D] into their All-Reduce [M, D].
 
     Attributes:
-      collective: the All-Reduce, or None when there is one rank (the sum of
-        one partial is itself; no cast, no call).
+      collective: the All-Reduce of both projections of every layer.
       wire_dtype: dtype the partials are cast to before the All-Reduce (what a
         GPU holds); the result is cast back to `compute_dtype`.
       compute_dtype: dtype of the residual stream.
@@ -48,17 +47,19 @@ class Reducer:
       axis_name: the rank axis.
     """
 
-    collective: Collective | None
+    collective: Collective
     wire_dtype: str = "bfloat16"
     compute_dtype: str = "float32"
     batched: bool = True
     axis_name: str = AXIS_NAME
 
     def __call__(self, partials: jax.Array, *, label: str, key=None) -> jax.Array:
-        """[R, M, D] partial sums -> [M, D] in `compute_dtype`."""
-        if self.collective is None:
-            if partials.shape[0] != 1:
-                raise ValueError(f"no collective given for {partials.shape[0]} partial sums")
+        """[R, M, D] partial sums -> [M, D] in `compute_dtype`.
+
+        One rank in a batched program (tp=1) is the plain model: the sum of one
+        partial is itself (spec: N = 1 is the identity), no cast, no call.
+        """
+        if self.batched and partials.shape[0] == 1:
             return partials[0].astype(self.compute_dtype)
         wire = partials.astype(self.wire_dtype)
 

@@ -315,8 +315,4 @@ def _params_tree(config: LlamaConfig, weights, layers: dict, dtype) -> dict:
     if not config.tie_embeddings:
         params["lm_head"] = np.asarray(weights["lm_head"])
     cast = lambda a: np.asarray(a, dtype=np.float32).astype(dtype, copy=False)  # noqa: E731
-    return {"params": {k: _map(cast, v) for k, v in params.items()}}
-
-
-def _map(fn, tree):
-    return {k: _map(fn, v) for k, v in tree.items()} if isinstance(tree, dict) else fn(tree)
+    return {"params": jax.tree.map(cast, params)}
