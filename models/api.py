@@ -91,6 +91,11 @@ def _spec(axis):
     return P() if axis is None else P(*([None] * axis), AXIS_NAME)
 
 
+def _specs(axes: dict) -> dict:
+    """PartitionSpec of every leaf of a rank-axes tree (P() for replicated leaves)."""
+    return jax.tree.map(_spec, axes, is_leaf=lambda a: a is None)
+
+
 class LoadedModel:
     """A model on the emulated fabric.
 
@@ -180,7 +185,7 @@ class LoadedModel:
             body = jax.shard_map(
                 lambda p, t, k, c, s: module.apply(p, t, k, c, s),
                 mesh=self.mesh,
-                in_specs=(jax.tree.map(_spec, axes), P(), P(), cache_spec, P()),
+                in_specs=(_specs(axes), P(), P(), cache_spec, P()),
                 out_specs=out_specs,
                 check_vma=False,
             )
@@ -356,7 +361,7 @@ def build_model(
             mesh = Mesh(np.asarray(devices[:tp]), (AXIS_NAME,))
         if dict(mesh.shape).get(AXIS_NAME) != tp:
             raise ValueError(f"mesh needs an axis {AXIS_NAME!r} of size {tp}, got {mesh.shape}")
-        shardings = jax.tree.map(lambda ax: NamedSharding(mesh, _spec(ax)), _rank_axes(params))
+        shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), _specs(_rank_axes(params)))
         params = jax.device_put(params, shardings)
     return LoadedModel(
         module=module, plan=plan, params=params, mode=mode, mesh=mesh, tokenizer=tokenizer
