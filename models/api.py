@@ -123,8 +123,9 @@ class LoadedModel:
         self.compute_dtype = reducer.compute_dtype
         self.params = params
         self._traces = 0
-        self._forward = jax.jit(self._counted(self._run))
-        self._step = jax.jit(self._counted(self._run))
+        # One jit for the forward (cache=None) and for prefill/decode steps with a
+        # cache: each argument structure and shape gets its own cache entry.
+        self._jitted = jax.jit(self._counted(self._run))
 
     def __repr__(self) -> str:
         return (
@@ -214,7 +215,7 @@ class LoadedModel:
     def forward(self, tokens, key=None) -> jax.Array:
         """Logits float32 [B, T, V] of token ids [B, T] (positions 0 .. T-1)."""
         tokens = self._check_ids(tokens, ndim=2)
-        return self._forward(self.params, tokens, key)
+        return self._jitted(self.params, tokens, key)
 
     def logits(self, token_ids, key=None) -> np.ndarray:
         """Logits float32 [T, V] of a 1-D sequence of token ids (positions 0 .. T-1).
@@ -222,7 +223,7 @@ class LoadedModel:
         `key` feeds stochastic rounding (collectives with a stochastic format).
         """
         tokens = self._check_ids(token_ids, ndim=1)
-        return np.asarray(self._forward(self.params, tokens[None], key)[0])
+        return np.asarray(self._jitted(self.params, tokens[None], key)[0])
 
     def lower(self, length: int, batch: int = 1):
         """The forward of [batch, length] ids lowered ahead of time (`.compile()` compiles it).
@@ -230,7 +231,7 @@ class LoadedModel:
         For measuring compile time; `forward`/`logits` keep their own jit cache.
         """
         ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-        return self._forward.lower(self.params, ids, None)
+        return self._jitted.lower(self.params, ids, None)
 
     def init_cache(self, batch: int, length: int):
         """Zero KV cache (k, v), each [L, B, C, Kh, hd] in the compute dtype."""
@@ -265,14 +266,14 @@ class LoadedModel:
             length = min(self.config.max_position, -(-(p + n_new) // 64) * 64)  # few shapes
             cache = self.init_cache(1, length)
             step_key = lambda pos: None if key is None else jax.random.fold_in(key, pos)  # noqa: E731
-            logits, cache = self._step(self.params, prompt[None], step_key(0), cache, 0)
+            logits, cache = self._jitted(self.params, prompt[None], step_key(0), cache, 0)
             for i in range(n_new):
                 rows.append(logits[0, -1])
                 out.append(int(jnp.argmax(rows[-1])))
                 if i + 1 < n_new:
                     tok = jnp.asarray([[out[-1]]], jnp.int32)
                     pos = p + i
-                    logits, cache = self._step(
+                    logits, cache = self._jitted(
                         self.params, tok, step_key(pos), cache, jnp.int32(pos)
                     )
         if not return_logits:
