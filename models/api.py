@@ -17,7 +17,7 @@ from scinjax import Collective
 
 from .config import LlamaConfig
 from .llama import AXIS_NAME, Llama, Reducer
-from .tp import PER_RANK_AXES, TPPlan, make_plan
+from .tp import PER_RANK_AXES, TPPlan, check_ranks, make_plan
 
 __all__ = ["MODES", "DTYPES", "LoadedModel", "build_model", "load", "make_module"]
 
@@ -34,8 +34,7 @@ def _check_dtype(what: str, value) -> str:
 
 def _settings(tp, collective, wire_dtype, compute_dtype, mode):
     """Validated (Collective, wire dtype, compute dtype); ValueError naming a bad value."""
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ValueError(f"tp (number of ranks) must be an int >= 1, got {tp!r}")
+    check_ranks(tp)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     coll = Collective.parse(collective)

@@ -41,6 +41,7 @@ __all__ = [
     "Layout",
     "TPPlan",
     "make_plan",
+    "check_ranks",
     "PER_RANK_AXES",
 ]
 
@@ -258,10 +259,16 @@ class TPPlan:
         return _params_tree(c, weights, layers, dtype)
 
 
-def make_plan(config: LlamaConfig, n_ranks: int) -> TPPlan:
-    """Split `config` over `n_ranks` ranks (ValueError for n_ranks < 1)."""
+def check_ranks(n_ranks) -> int:
+    """`n_ranks` if it is an int >= 1, else ValueError naming it."""
     if isinstance(n_ranks, bool) or not isinstance(n_ranks, int) or n_ranks < 1:
         raise ValueError(f"tp (number of ranks) must be an int >= 1, got {n_ranks!r}")
+    return n_ranks
+
+
+def make_plan(config: LlamaConfig, n_ranks: int) -> TPPlan:
+    """Split `config` over `n_ranks` ranks (ValueError for n_ranks < 1)."""
+    check_ranks(n_ranks)
     q_slots = rank_slots(config.num_heads, n_ranks)
     gl, kv_slots = _kv_slots(q_slots, config.group_size)
     return TPPlan(
