@@ -33,12 +33,17 @@ def to_f32(x: jnp.ndarray) -> jnp.ndarray:
 def exact_div(num: jnp.ndarray, den: jnp.ndarray | float) -> jnp.ndarray:
     """IEEE float32 ``num / den`` (RNE, flushed), broadcasting ``den`` to ``num``'s shape.
 
-    The divisor is materialised behind an optimization barrier: XLA's
-    algebraic simplifier otherwise turns a division by a broadcast or a
-    constant into a multiplication by its reciprocal, which changes last bits.
+    XLA's algebraic simplifier turns a division by a broadcast (or a constant) into a
+    multiplication by its reciprocal, which changes last bits. The divisor is therefore
+    built at ``num``'s full shape with a data dependence on ``num`` (adding a zero derived
+    from it), so that under ``vmap`` it is batched like ``num`` instead of being an
+    unbatched value broadcast at the division, and kept behind an optimization barrier.
+    (A barrier alone is not enough: under ``vmap`` the constant divisor stays unbatched
+    and the broadcast reappears after the barrier.)
     """
-    den = jnp.broadcast_to(jnp.asarray(den, jnp.float32), num.shape)
-    return ftz(num / lax.optimization_barrier(den))
+    zero = jnp.where(jnp.isfinite(num), num, 0.0) * 0.0  # +-0, never NaN
+    den_full = lax.optimization_barrier(jnp.asarray(den, jnp.float32) + zero)
+    return ftz(num / den_full)
 
 
 def check_float_input(x, what: str) -> None:
