@@ -20,11 +20,11 @@ import os
 
 import numpy as np
 
+from .weights import validate_weights
+
 __all__ = [
     "load_weights",
     "smollm2_gguf_path",
-    "canonical_shapes",
-    "check_weights",
     "ENV_VAR",
     "SMOLLM2_NAME",
 ]
@@ -61,47 +61,6 @@ def smollm2_gguf_path() -> str:
     )
 
 
-def canonical_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every canonical weight of ``config``."""
-    D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"embed": (V, D)}
-    for i in range(config.num_layers):
-        p = f"layers.{i}."
-        shapes |= {
-            p + "attn_norm": (D,),
-            p + "wq": (D, q),
-            p + "wk": (D, kv),
-            p + "wv": (D, kv),
-            p + "wo": (q, D),
-            p + "mlp_norm": (D,),
-            p + "w_gate": (D, F),
-            p + "w_up": (D, F),
-            p + "w_down": (F, D),
-        }
-    shapes["final_norm"] = (D,)
-    if not config.tie_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes
-
-
-def check_weights(config, weights: dict[str, np.ndarray], source: str = "") -> None:
-    """Raise ValueError unless ``weights`` has exactly the canonical names, shapes, float32."""
-    want = canonical_shapes(config)
-    missing = sorted(set(want) - set(weights))
-    extra = sorted(set(weights) - set(want))
-    if missing or extra:
-        raise ValueError(
-            f"{source}: weights do not match the config: missing {missing}, extra {extra}"
-        )
-    for k, shape in want.items():
-        w = weights[k]
-        if tuple(w.shape) != shape or w.dtype != np.float32:
-            raise ValueError(
-                f"{source}: weight {k} is {w.dtype}{tuple(w.shape)}, expected float32{shape}"
-            )
-
-
 def load_weights(name_or_path: str | os.PathLike | None = None):
     """``(LlamaConfig, weights, Tokenizer)`` for a model name, a GGUF file or a HF folder."""
     from .gguf_loader import read_gguf
@@ -127,5 +86,11 @@ def load_weights(name_or_path: str | os.PathLike | None = None):
                 "tokenizer.json). Full-size configs such as 'llama2-7b' have no weights here; "
                 "use scinjax.models.get_config / build_model for random or abstract ones"
             )
-    check_weights(config, weights, path)
+    try:
+        validate_weights(config, weights)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    not_f32 = sorted(k for k, w in weights.items() if w.dtype != np.float32)
+    if not_f32:
+        raise ValueError(f"{path}: loader bug, weights not float32: {not_f32[:5]}")
     return config, weights, tok

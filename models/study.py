@@ -145,27 +145,6 @@ def wire_traffic(model, n_tokens: int) -> dict:
 # ----------------------------------------------------------------------------- study
 
 
-def _variant_model(base, spec: str, wire_dtype: str):
-    """A model sharing ``base``'s params (same compute dtype and mode), with collective ``spec``.
-
-    ``wire_dtype`` is given explicitly: ``base`` is the exact model, whose own
-    wire dtype is its compute dtype.
-    """
-    from .api import LoadedModel, make_module
-
-    module, plan = make_module(
-        base.config,
-        tp=base.tp,
-        collective=spec,
-        wire_dtype=wire_dtype,
-        compute_dtype=base.compute_dtype,
-        mode=base.mode,
-    )
-    return LoadedModel(
-        module=module, plan=plan, params=base.params, mode=base.mode, tokenizer=base.tokenizer
-    )
-
-
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -231,7 +210,9 @@ def run_study(
     base = build_model(
         config, weights, tp=tp, collective=REFERENCE, wire_dtype=wire_dtype, tokenizer=tok
     )
-    models = {s: base if s == REFERENCE else _variant_model(base, s, wire_dtype) for s in specs}
+    models = {
+        s: base if s == REFERENCE else base.with_collective(s, wire_dtype=wire_dtype) for s in specs
+    }
     # Stochastic rounding draws from a fixed key, the same for every window and prompt.
     keys = {s: jax.random.key(0) if m.collective.stochastic else None for s, m in models.items()}
     t_load = time.perf_counter() - t_start

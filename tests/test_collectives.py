@@ -327,6 +327,7 @@ def test_stochastic_pytree_leaves_draw_independent_noise():
 
 EXTRA_N = [
     pytest.param("ring", {}, 5, id="ring-N5"),
+    pytest.param("ring", {}, 16, id="ring-N16"),
     pytest.param("nvls", dict(order="pairwise"), 5, id="nvls-pairwise-N5"),
     pytest.param("two_shot", {}, 16, id="two_shot-N16"),
     pytest.param("two_shot", dict(uplink="int8", downlink="int8"), 5, id="two_shot-int8-N5"),
