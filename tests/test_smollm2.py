@@ -61,7 +61,7 @@ def test_numpy_reference_says_paris(smol):
     assert tok.decode([int(np.argmax(logits[-1]))]) == " Paris"
 
 
-@pytest.mark.parametrize("tp", [1, 8], ids=["tp1", "tp8-exact"])
+@pytest.mark.parametrize("tp", [1, 2, 3, 4, 8], ids=lambda tp: f"tp{tp}-exact")
 def test_logits_match_numpy_forward(smol, reference, tp):
     config, w, tok = smol
     ids, ref = reference
