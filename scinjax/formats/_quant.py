@@ -7,9 +7,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from scinjax.formats._f32 import check_float_input, exact_div, ftz, to_f32
+from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
 from scinjax.formats._spec import CastFormat, Format, IntFormat, get
 
 __all__ = ["QArray", "quantize", "dequantize", "wire_bytes"]
@@ -125,6 +126,15 @@ def _stochastic_noise(x, fmt: Format, key, noise):
         raise ValueError(
             f"noise must be float32 of shape {x.shape}, got {noise.dtype}{list(noise.shape)}"
         )
+    if not isinstance(noise, jax.core.Tracer):  # traced noise cannot be inspected here
+        u = np.asarray(noise)
+        outside = ~((u >= 0) & (u < 1))  # NaN counts as outside
+        if outside.any():
+            bad = u[outside].flat[0]
+            raise ValueError(
+                f"noise must lie in [0, 1) (spec/formats.md), got {bad!r} at index "
+                f"{tuple(int(i) for i in np.argwhere(outside)[0])}; use jax.random.uniform"
+            )
     return noise
 
 
@@ -169,6 +179,11 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
     """
     if not isinstance(q, QArray):
         raise TypeError(f"dequantize needs a QArray from scinjax.quantize, got {type(q).__name__}")
+    if jnp.dtype(dtype) not in INPUT_DTYPES:
+        raise TypeError(
+            f"dequantize returns bfloat16, float16 or float32, got dtype={jnp.dtype(dtype).name}; "
+            "dequantize to float32, then cast"
+        )
     fmt = q.fmt
     if isinstance(fmt, CastFormat):
         return to_f32(q.codes).astype(dtype)

@@ -1,20 +1,50 @@
-"""Wire-format configurations: the int family and plain casts (spec/formats.md)."""
+"""Wire-format configurations: the int and fp families and plain casts (spec/formats.md).
+
+Every format's ``.name`` parses back with :func:`get` (``get(f.name) == f``): a preset name
+when the format equals a preset, else ``int{bits}-b{B}-{scale_dtype}[-{rounding}]`` or
+``fp-{element}-b{B}-{scale}[-stochastic]`` (rounding omitted when it is nearest_even).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["IntFormat", "CastFormat", "Format", "get", "names", "SCALE_DTYPES", "ROUNDINGS"]
+__all__ = [
+    "IntFormat",
+    "FpFormat",
+    "CastFormat",
+    "Format",
+    "get",
+    "names",
+    "SCALE_DTYPES",
+    "ROUNDINGS",
+    "FP_ELEMENTS",
+    "FP_SCALES",
+    "FP_ROUNDINGS",
+]
 
 SCALE_DTYPES = ("float32", "float16", "bfloat16", "e8m0")
 ROUNDINGS = ("nearest_even", "nearest_away", "stochastic")
 CAST_DTYPES = ("bfloat16", "float16", "float32")
 _SCALE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "e8m0": 1}
 _CAST_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+FP_ELEMENTS = ("e4m3", "e5m2", "e3m2", "e2m3", "e2m1")
+FP_SCALES = ("e8m0_floor", "e8m0_rceil", "float32", "float16", "bfloat16", "nv")
+FP_ROUNDINGS = ("nearest_even", "stochastic")
+_FP_SCALE_BYTES = {
+    "e8m0_floor": 1,
+    "e8m0_rceil": 1,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "nv": 1,
+}
+NV_TENSOR_SCALE_BYTES = 4  # nv's float32 T_dec, one per quantized array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,7 +138,7 @@ class CastFormat:
         return False
 
     def wire_bytes(self, shape: tuple[int, ...]) -> tuple[int, int]:
-        return math.prod(shape) * self.element_bytes, 0
+        return math.prod(_checked_shape(shape)) * self.element_bytes, 0
 
     def __str__(self) -> str:
         return self.name
@@ -154,9 +184,23 @@ def get(name: str | Format, **overrides) -> Format:
     return fmt
 
 
+def _checked_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of Python ints >= 0 (TypeError/ValueError naming a bad size)."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"shape {dims!r} has a non-integer size {d!r}; sizes must be ints")
+        if d < 0:
+            raise ValueError(f"shape {dims!r} has a negative size {d}; sizes must be >= 0")
+    return tuple(int(d) for d in dims)
+
+
 def _rows_and_width(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, H) of an array whose last axis is tiled by blocks; a 0-d array is one element."""
-    shape = tuple(int(d) for d in shape)
+    shape = _checked_shape(shape)
     if not shape:
         return 1, 1
     return math.prod(shape[:-1]), shape[-1]

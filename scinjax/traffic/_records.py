@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from scinjax.collectives import Collective, block_runs, chunk_sizes
 from scinjax.collectives._config import int_block_size
 from scinjax.formats import CastFormat, Format
+from scinjax.formats._f32 import INPUT_DTYPES
 
 __all__ = ["TrafficRecord", "collective_record"]
 
@@ -81,6 +82,22 @@ class TrafficRecord:
             down_payload=list(self.down_payload),
             down_scale=list(self.down_scale),
         )
+
+
+def _input_dtype(dtype) -> jnp.dtype:
+    """``dtype`` if ``allreduce`` accepts it (bf16/f16/f32), else a TypeError naming it."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype={dtype!r} is not a dtype; use 'bfloat16', 'float16' or 'float32'"
+        ) from None
+    if resolved not in INPUT_DTYPES:
+        raise TypeError(
+            f"dtype={resolved.name} cannot be All-Reduced (allreduce takes bfloat16, float16 or "
+            "float32); count the buffer in the float dtype it is reduced in"
+        )
+    return resolved
 
 
 def _wire(fmt: Format | None, elements: int, blocks: int, dtype_bytes: int) -> tuple[int, int]:
@@ -176,7 +193,7 @@ def collective_record(
     shape = tuple(int(d) for d in shape) or (1,)
     if any(d < 0 for d in shape):
         raise ValueError(f"shape must have non-negative sizes, got {shape}")
-    dtype = jnp.dtype(dtype)
+    dtype = _input_dtype(dtype)
     links = _per_link(coll.algorithm, n_ranks, shape, dtype.itemsize, coll.uplink, coll.downlink)
     return TrafficRecord(
         algorithm=coll.algorithm,
