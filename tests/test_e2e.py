@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from scinjax.models import e2e, get_config, model_traffic
+from scinjax.models import get_config, model_traffic
 
+from scinjax.apps import e2e
+from scinjax.cli.e2e import main as e2e_main
 from scinjax.timing import get_profile, report_time
 from scinjax.traffic import TrafficReport, collective_record
 
@@ -109,11 +111,11 @@ def test_bad_inputs():
 
 def test_e2e_cli(tmp_path, capsys):
     argv = ["--models", "llama2-7b", "--prefill", "128,8192", "--decode-batch", "1..4"]
-    assert e2e.main(argv + ["--out", str(tmp_path)]) == 0
+    assert e2e_main(argv + ["--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "1.74x" in text and "1.12x" in text and "TTFT" in text and "TPOT" in text
     data = json.loads((tmp_path / "e2e.json").read_text())
     assert set(data["models"]["llama2-7b"]["tpot"]) == {"1", "2", "4"}
     assert data["cuda_graphs"] is True and data["overlap"] is False
     assert (tmp_path / "e2e.png").stat().st_size > 10_000
-    assert e2e.main(["--decode-batch", "0..4", "--out", str(tmp_path), "--no-plot"]) == 2
+    assert e2e_main(["--decode-batch", "0..4", "--out", str(tmp_path), "--no-plot"]) == 2

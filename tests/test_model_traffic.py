@@ -13,7 +13,8 @@ import math
 
 import pytest
 from scinjax.models import get_config, model_traffic
-from scinjax.models.traffic_cli import main
+
+from scinjax.cli.traffic import main
 
 BF16 = 2
 

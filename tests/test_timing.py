@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from scinjax.apps.timing import parse_size, parse_sizes
+from scinjax.cli.timing import main as timing_main
 from scinjax.timing import (
     FabricProfile,
     PerAlgorithm,
@@ -26,7 +28,6 @@ from scinjax.timing import (
     steps,
     vllm_rows,
 )
-from scinjax.timing.cli import parse_size, parse_sizes, timing_main
 from scinjax.traffic import TrafficReport, busbw, collective_record
 
 GiB, MiB, KiB = 2**30, 2**20, 2**10

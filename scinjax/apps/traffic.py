@@ -1,4 +1,4 @@
-"""`scinjax traffic`: bytes per link of a full-size model, every All-Reduce algorithm.
+"""The `scinjax traffic` app: bytes per link of a full-size model, every All-Reduce algorithm.
 
     scinjax traffic --model llama2-70b --tp 8 --prefill 2048
     scinjax traffic --model llama2-70b --tp 8 --decode --batch 16 --json out.json
@@ -9,14 +9,12 @@ nothing is allocated, every number is an exact integer.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from .config import config_names, get_config
-from .traffic import model_traffic
+from scinjax.models import get_config, model_traffic
 
-__all__ = ["DEFAULT_COLLECTIVES", "main", "traffic_rows"]
+__all__ = ["DEFAULT_COLLECTIVES", "report", "traffic_rows"]
 
 DEFAULT_COLLECTIVES = (
     "ring",
@@ -28,30 +26,6 @@ DEFAULT_COLLECTIVES = (
     "scin:mxint8",
     "two_shot:int8",
 )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scinjax traffic",
-        description="Bytes per link of the tensor-parallel All-Reduces of one forward pass "
-        "(abstract evaluation: nothing is allocated).",
-    )
-    p.add_argument("--model", default="llama2-70b", choices=config_names(), help="model config")
-    p.add_argument("--tp", type=int, default=8, help="tensor-parallel ranks N (default 8)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--prefill", type=int, metavar="T", help="prefill of a T-token prompt")
-    mode.add_argument(
-        "--decode", action="store_true", help="one decode step (1 new token per sequence)"
-    )
-    p.add_argument("--batch", type=int, default=1, help="sequences B (default 1)")
-    p.add_argument(
-        "--collectives",
-        default=",".join(DEFAULT_COLLECTIVES),
-        help="comma-separated specs ALGO[:UPLINK[/DOWNLINK]] (default: all eight)",
-    )
-    p.add_argument("--wire-dtype", default="bfloat16", help="dtype of the partial sums")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    return p
 
 
 def traffic_rows(config, *, tp, tokens, batch, collectives, wire_dtype="bfloat16") -> list[dict]:
@@ -111,8 +85,8 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def report(args) -> int:
+    """Count, print and optionally write JSON; ``args`` as parsed by the CLI."""
     config = get_config(args.model)
     tokens = 1 if args.decode else (2048 if args.prefill is None else args.prefill)
     collectives = [s.strip() for s in args.collectives.split(",") if s.strip()]
@@ -154,7 +128,3 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(doc, f, indent=2)
         print(f"wrote {args.json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

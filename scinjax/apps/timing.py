@@ -1,4 +1,4 @@
-"""``scinjax timing``: All-Reduce latency / algbw / busbw per algorithm and message size.
+"""The ``scinjax timing`` app: All-Reduce latency / algbw / busbw per algorithm and message size.
 
     scinjax timing --fabric h200-nvswitch-8 --sizes 1KiB..1GiB [--cuda-graphs] [--out DIR]
 
@@ -10,7 +10,6 @@ ones, and writes ``timing.json`` and ``timing.png`` under ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from scinjax.timing.calibrate import calibration_rows, load_published, nvls_rank_rows, vllm_rows
 from scinjax.timing.model import allreduce_time
-from scinjax.timing.profile import FabricProfile, get_profile, profile_names
+from scinjax.timing.profile import FabricProfile, get_profile
 from scinjax.traffic import algbw, busbw
 
 __all__ = [
@@ -29,7 +28,7 @@ __all__ = [
     "parse_sizes",
     "speedups",
     "sweep",
-    "timing_main",
+    "report",
     "with_scin_efficiency",
 ]
 
@@ -190,31 +189,8 @@ def _plot(path: Path, sizes, times, bus, title: str, measured: bool) -> None:
     plt.close(fig)
 
 
-def timing_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scinjax timing", description=__doc__.split("\n")[0])
-    ap.add_argument("--fabric", default="h200-nvswitch-8", choices=profile_names())
-    ap.add_argument("--sizes", default="1KiB..1GiB", help="e.g. 1KiB..1GiB or 4KiB,1MiB")
-    ap.add_argument("--n-ranks", type=int, default=None, help="default: the fabric's")
-    graphs = ap.add_mutually_exclusive_group()
-    graphs.add_argument(
-        "--cuda-graphs",
-        dest="graphs",
-        action="store_true",
-        default=None,
-        help="collectives inside CUDA graphs (default: the profile's, eager)",
-    )
-    graphs.add_argument("--eager", dest="graphs", action="store_false")
-    ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    ap.add_argument("--out", default="results/timing", help="directory for timing.json/png")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--calibration", action="store_true", help="also print the fit tables")
-    ap.add_argument(
-        "--scin-efficiency",
-        type=float,
-        default=None,
-        help="override the (assumed) NVLink efficiency of scin, for sensitivity studies",
-    )
-    args = ap.parse_args(argv)
+def report(args) -> int:
+    """Print the tables and speedups, write timing.json/png; ``args`` as parsed by the CLI."""
     try:
         sizes = parse_sizes(args.sizes)
         profile = get_profile(args.fabric)
@@ -306,7 +282,3 @@ def timing_main(argv: list[str] | None = None) -> int:
         written.append(out / "timing.png")
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(timing_main())

@@ -1,4 +1,4 @@
-"""``scinjax e2e``: LLaMA-2 TTFT / TPOT per All-Reduce algorithm at tensor parallelism TP.
+"""The ``scinjax e2e`` app: LLaMA-2 TTFT / TPOT per All-Reduce algorithm at tensor parallelism TP.
 
     scinjax e2e [--models llama2-7b,llama2-13b,llama2-70b] [--fabric h200-nvswitch-8]
                 [--prefill 128..8192] [--decode-batch 1..64] [--context 2048] [--overlap]
@@ -13,18 +13,16 @@ bound on overlap); without it the two add up.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
-from scinjax.models import get_config, model_traffic
-
+from scinjax.apps.timing import SOFTWARE, with_scin_efficiency
 from scinjax.collectives import Collective
-from scinjax.timing import FabricProfile, get_profile, load_published, profile_names, report_time
-from scinjax.timing.cli import SOFTWARE, with_scin_efficiency
+from scinjax.models import get_config, model_traffic
+from scinjax.timing import FabricProfile, get_profile, load_published, report_time
 from scinjax.traffic import TrafficReport, collective_record
 
 __all__ = [
@@ -32,7 +30,7 @@ __all__ = [
     "Compute",
     "StepTime",
     "compute_time",
-    "main",
+    "report",
     "retarget",
     "run",
     "speedups",
@@ -342,31 +340,8 @@ def _plot(path: Path, result: dict) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scinjax e2e", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="llama2-7b,llama2-13b,llama2-70b")
-    ap.add_argument("--fabric", default="h200-nvswitch-8", choices=profile_names())
-    ap.add_argument("--tp", type=int, default=8)
-    ap.add_argument("--prefill", default="128..8192", help="prompt lengths, e.g. 128..8192")
-    ap.add_argument("--prefill-batch", type=int, default=1)
-    ap.add_argument("--decode-batch", default="1..64", help="decode batches, e.g. 1..64")
-    ap.add_argument("--context", type=int, default=2048, help="cached tokens while decoding")
-    ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    ap.add_argument("--overlap", action="store_true", help="ideal compute/comm overlap")
-    ap.add_argument(
-        "--eager",
-        action="store_true",
-        help="collectives without CUDA graphs (default: inside CUDA graphs)",
-    )
-    ap.add_argument(
-        "--scin-efficiency",
-        type=float,
-        default=None,
-        help="override the (assumed) NVLink efficiency of scin (sensitivity)",
-    )
-    ap.add_argument("--out", default="results/e2e")
-    ap.add_argument("--no-plot", action="store_true")
-    args = ap.parse_args(argv)
+def report(args) -> int:
+    """Run, print, write e2e.json/png; ``args`` as parsed by the CLI."""
     try:
         p = get_profile(args.fabric).replace(cuda_graphs=not args.eager)
         if args.scin_efficiency is not None:
@@ -421,7 +396,3 @@ def _counts(text: str) -> list[int]:
     if not vals or min(vals) < 1:
         raise ValueError(f"counts {text!r} must be ints >= 1")
     return vals
-
-
-if __name__ == "__main__":
-    sys.exit(main())

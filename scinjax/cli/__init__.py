@@ -1,4 +1,8 @@
-"""The ``scinjax`` command: thin dispatch to the study, traffic, timing and e2e tools."""
+"""The ``scinjax`` command: one module per subcommand (``scinjax/cli/<name>.py``).
+
+Each module only parses arguments and calls an app in :mod:`scinjax.apps`; the
+modules are imported lazily so ``scinjax --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,16 @@ import sys
 __all__ = ["main"]
 
 _COMMANDS = {
-    "study": ("scinjax.models.study", "main", "accuracy study of in-network quantization"),
-    "traffic": ("scinjax.models.traffic_cli", "main", "bytes per link of full-size models"),
-    "timing": ("scinjax.timing.cli", "timing_main", "All-Reduce latency vs message size"),
-    "e2e": ("scinjax.models.e2e", "main", "LLaMA-2 TTFT / TPOT per algorithm"),
+    "study": ("scinjax.cli.study", "main", "accuracy study of in-network quantization"),
+    "traffic": ("scinjax.cli.traffic", "main", "bytes per link of full-size models"),
+    "timing": ("scinjax.cli.timing", "main", "All-Reduce latency vs message size"),
+    "e2e": ("scinjax.cli.e2e", "main", "LLaMA-2 TTFT / TPOT per algorithm"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: scinjax COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in _COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in _COMMANDS.items()]
     lines.append("\n`scinjax COMMAND --help` lists a command's options.")
     return "\n".join(lines)
 
