@@ -1,0 +1,30 @@
+"""Mixture-of-Experts expert parallelism on the emulated fabric (spec/moe.md).
+
+Exact per-link bytes from routing alone (:func:`ep_traffic`), and bit-exact
+``dispatch`` / ``combine`` over a named EP axis for ``all_to_all``, ``dedup`` and
+``dysharp`` (in-switch multicast dispatch, in-switch reduced combine).
+"""
+
+from scinjax.moe._traffic import (
+    EP_ALGORITHMS,
+    META_BYTES_PER_PAIR,
+    EPTraffic,
+    contiguous_placement,
+    distinct_rank_counts,
+    ep_traffic,
+    expected_distinct_ranks,
+    uniform_ep_traffic,
+    vector_bytes,
+)
+
+__all__ = [
+    "EP_ALGORITHMS",
+    "META_BYTES_PER_PAIR",
+    "EPTraffic",
+    "contiguous_placement",
+    "distinct_rank_counts",
+    "ep_traffic",
+    "expected_distinct_ranks",
+    "uniform_ep_traffic",
+    "vector_bytes",
+]
