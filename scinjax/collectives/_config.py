@@ -12,6 +12,7 @@ ALGORITHMS = ("ring", "one_shot", "two_shot", "nvls", "scin", "exact")
 ORDERS = ("rank", "pairwise")
 ACCUMULATE_DTYPES = ("float32", "bfloat16", "float16")
 _QUANTIZING = ("scin", "two_shot")
+_SPEC_OPTIONS = ("order", "accumulate")  # spelled "+key=value" in spec strings
 
 
 def _link(fmt) -> Format | None:
@@ -84,27 +85,53 @@ class Collective:
 
     @classmethod
     def parse(cls, spec: str, **options) -> Collective:
-        """Parse ``ALGO[:UPLINK[/DOWNLINK]]``: ``scin:int8`` (both links), ``scin:bf16/int8``."""
+        """Parse ``ALGO[:UPLINK[/DOWNLINK]][+order=...][+accumulate=...]``.
+
+        ``scin:int8`` (both links), ``scin:bf16/int8``, ``scin:none/int8`` (uplink carries
+        the input dtype), ``scin:int8+order=pairwise+accumulate=bfloat16``. Format names are
+        those of :func:`scinjax.formats.get`, including the descriptive names every
+        format's ``.name`` gives, so ``Collective.parse(str(c)) == c`` for every ``c``.
+        """
         if isinstance(spec, Collective):
             return dataclasses.replace(spec, **options) if options else spec
         if not isinstance(spec, str) or not spec:
             raise ValueError(f"a collective spec must be a string like 'scin:int8', got {spec!r}")
-        algorithm, _, formats = spec.partition(":")
+        head, *extras = spec.strip().split("+")
+        parsed = {}
+        for extra in extras:
+            key, sep, value = extra.partition("=")
+            if not sep or key not in _SPEC_OPTIONS or not value:
+                raise ValueError(
+                    f"bad option {extra!r} in collective spec {spec!r}; options are "
+                    + ", ".join(f"+{k}=..." for k in _SPEC_OPTIONS)
+                )
+            if key in parsed or key in options:
+                raise ValueError(f"option {key!r} given twice in collective spec {spec!r}")
+            parsed[key] = value
+        algorithm, _, formats = head.partition(":")
         uplink = downlink = None
         if formats:
             up, sep, down = formats.partition("/")
             if not up or (sep and not down):
-                raise ValueError(f"bad collective spec {spec!r}; expected ALGO[:UPLINK[/DOWNLINK]]")
+                raise ValueError(
+                    f"bad collective spec {spec!r}; expected "
+                    "ALGO[:UPLINK[/DOWNLINK]][+option=value]"
+                )
             uplink, downlink = up, (down if sep else up)
             uplink, downlink = (None if f == "none" else f for f in (uplink, downlink))
-        return cls(algorithm=algorithm, uplink=uplink, downlink=downlink, **options)
+        return cls(algorithm=algorithm, uplink=uplink, downlink=downlink, **parsed, **options)
 
     def __str__(self) -> str:
-        if not self.quantized:
-            return self.algorithm
-        up = "none" if self.uplink is None else self.uplink.name
-        down = "none" if self.downlink is None else self.downlink.name
-        return f"{self.algorithm}:{up}" if up == down else f"{self.algorithm}:{up}/{down}"
+        text = self.algorithm
+        if self.quantized:
+            up = "none" if self.uplink is None else self.uplink.name
+            down = "none" if self.downlink is None else self.downlink.name
+            text += f":{up}" if up == down else f":{up}/{down}"
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in _SPEC_OPTIONS:
+            if getattr(self, key) != defaults[key]:
+                text += f"+{key}={getattr(self, key)}"
+        return text
 
     def __call__(self, x, axis_name, *, key=None, label=None):
         from scinjax.collectives._allreduce import allreduce
