@@ -20,9 +20,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 import scinjax
+from scinjax._progress import progress
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_RANKS = 8
@@ -85,7 +85,9 @@ def main(argv=None) -> int:
     ref = _numpy_reference()
     rng = np.random.default_rng(0)
     rows = []
-    for size in tqdm(sizes, desc="message sizes"):
+    bar = progress(len(sizes), unit="size")
+    for size in sizes:
+        bar.set_description(f"message size {size} B/rank")
         elements = size // 2
         shape = (N_RANKS, max(1, elements // HIDDEN), min(HIDDEN, elements))
         x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32)).astype(jnp.bfloat16)
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
             ref.allreduce(xs, "scin", uplink="int8", downlink="int8")
             row["numpy_ref_scin:int8"] = time.perf_counter() - start
         rows.append(row)
+        bar.update(1)
+    bar.close()
     _print_table(rows)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,16 +141,23 @@ def _print_table(rows):
         )
 
 
-def _plot(rows, path):
-    import matplotlib
+def _size_label(size: int) -> str:
+    for unit, scale in reversed(_UNITS.items()):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _plot(rows, path):
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     sizes = [r["bytes_per_rank"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for name in ["plain_f32_sum", *VARIANTS]:
         ax.loglog(sizes, [r[name] * 1e3 for r in rows], marker="o", label=name)
+    ax.set_xticks(sizes, [_size_label(s) for s in sizes], minor=False)
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("message bytes per rank (bf16)")
     ax.set_ylabel("emulation time per call, ms (CPU)")
     ax.set_title("scinjax emulation cost, N=8 ranks under vmap")
