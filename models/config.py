@@ -11,7 +11,70 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["LlamaConfig", "get_config", "config_names"]
+__all__ = ["LlamaConfig", "RopeScaling", "ROPE_TYPES", "get_config", "config_names"]
+
+#: Rotary scaling kinds `RopeScaling` accepts (others, e.g. yarn, are refused by name).
+ROPE_TYPES = ("linear", "llama3", "freq_factors")
+
+
+def _positive(owner: str, field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{owner}.{field} must be a positive number, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """How the rotary frequencies are rescaled (inv_freq_j = theta^(-2j/hd) before scaling).
+
+    rope_type:
+      "linear": inv_freq_j / factor (Hugging Face "linear").
+      "llama3": Llama-3.1's rule (Hugging Face `_compute_llama3_parameters`):
+        wavelength w_j = 2 pi / inv_freq_j, L_lo = original_max_position /
+        low_freq_factor, L_hi = original_max_position / high_freq_factor;
+        w_j < L_hi: unchanged; w_j > L_lo: inv_freq_j / factor; else
+        (1 - s) inv_freq_j / factor + s inv_freq_j with
+        s = (original_max_position / w_j - low_freq_factor) /
+        (high_freq_factor - low_freq_factor).
+      "freq_factors": inv_freq_j / freq_factors[j] (GGUF `rope_freqs` tensor, [hd/2]).
+    """
+
+    rope_type: str
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+    freq_factors: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"RopeScaling.rope_type {self.rope_type!r} is not supported; use one of "
+                f"{ROPE_TYPES} (no scaling: rope_scaling=None)"
+            )
+        for field in ("factor", "low_freq_factor", "high_freq_factor"):
+            _positive("RopeScaling", field, getattr(self, field))
+        mp = self.original_max_position
+        if isinstance(mp, bool) or not isinstance(mp, int) or mp < 1:
+            raise ValueError(
+                f"RopeScaling.original_max_position must be a positive int, got {mp!r}"
+            )
+        if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ValueError(
+                f"RopeScaling: high_freq_factor={self.high_freq_factor} must exceed "
+                f"low_freq_factor={self.low_freq_factor} (llama3 scaling)"
+            )
+        ff = self.freq_factors
+        if (self.rope_type == "freq_factors") != (ff is not None):
+            raise ValueError(
+                "RopeScaling.freq_factors must be given exactly when rope_type='freq_factors'"
+            )
+        if ff is not None:
+            ff = tuple(float(v) for v in ff)
+            if not ff or not all(v > 0 and v < float("inf") for v in ff):
+                raise ValueError(
+                    f"RopeScaling.freq_factors must be finite positive numbers, got {ff[:8]}"
+                )
+            object.__setattr__(self, "freq_factors", ff)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,6 +93,11 @@ class LlamaConfig:
       rope_theta: base of the rotary frequencies.
       max_position: longest sequence the model accepts.
       tie_embeddings: output head is the transposed embedding table.
+      qkv_bias: the Q/K/V projections add a bias (Qwen2); weights then hold
+        ``layers.{i}.bq/bk/bv``.
+      rope_scaling: a `RopeScaling` (Llama-3.x, GGUF rope_freqs) or None.
+      sliding_window: W, a query at position i sees keys j with 0 <= i - j < W
+        (Mistral); None for full causal attention.
       name: preset name, informational.
     """
 
@@ -44,6 +112,9 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     max_position: int = 4096
     tie_embeddings: bool = False
+    qkv_bias: bool = False
+    rope_scaling: RopeScaling | None = None
+    sliding_window: int | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -80,9 +151,26 @@ class LlamaConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"LlamaConfig.{field} must be a positive number, got {value!r}")
-        if not isinstance(self.tie_embeddings, bool):
+        for field in ("tie_embeddings", "qkv_bias"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(
+                    f"LlamaConfig.{field} must be a bool, got {getattr(self, field)!r}"
+                )
+        rs = self.rope_scaling
+        if rs is not None and not isinstance(rs, RopeScaling):
+            raise TypeError(
+                f"LlamaConfig.rope_scaling must be a RopeScaling or None, got {type(rs).__name__}"
+            )
+        if rs is not None and rs.freq_factors is not None and len(rs.freq_factors) != hd // 2:
             raise ValueError(
-                f"LlamaConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}"
+                f"LlamaConfig: rope_scaling.freq_factors has {len(rs.freq_factors)} entries, "
+                f"head_dim={hd} needs {hd // 2}"
+            )
+        sw = self.sliding_window
+        if sw is not None and (isinstance(sw, bool) or not isinstance(sw, int) or sw < 1):
+            raise ValueError(
+                f"LlamaConfig.sliding_window must be a positive int or None (full causal), "
+                f"got {sw!r}"
             )
         if not isinstance(self.name, str):
             raise ValueError(f"LlamaConfig.name must be a str, got {self.name!r}")
@@ -110,6 +198,8 @@ class LlamaConfig:
         """Parameter count (Python int), tied head counted once."""
         d, f = self.hidden_size, self.intermediate_size
         per_layer = 2 * d + d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d + 3 * d * f
+        if self.qkv_bias:
+            per_layer += self.q_dim + 2 * self.kv_dim
         head = 0 if self.tie_embeddings else d * self.vocab_size
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 

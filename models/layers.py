@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "rms_norm",
+    "rope_inv_freq",
     "rope_tables",
     "apply_rope",
     "causal_attention",
@@ -30,13 +31,34 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (weight.astype(jnp.float32) * y).astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
+    """Rotary inverse frequencies [hd/2] (float64, static), scaled by a `RopeScaling`."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    if scaling.rope_type == "freq_factors":
+        return inv_freq / np.asarray(scaling.freq_factors, dtype=np.float64)
+    # llama3: long wavelengths slowed by `factor`, short kept, a linear blend between.
+    lo, hi, orig = scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_position
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (orig / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    out = np.where(wavelen > orig / lo, inv_freq / scaling.factor, blended)
+    return np.where(wavelen < orig / hi, inv_freq, out)
+
+
+def rope_tables(
+    positions: jax.Array, head_dim: int, theta: float, scaling=None
+) -> tuple[jax.Array, jax.Array]:
     """cos, sin tables [T, hd] (float32) for integer `positions` [T].
 
     Hugging Face layout: frequency j (j < hd/2) drives dimensions j and j + hd/2.
+    `scaling` is a `RopeScaling` or None.
     """
-    exponent = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
-    inv_freq = jnp.asarray(1.0 / (theta**exponent), dtype=jnp.float32)  # [hd/2]
+    inv_freq = jnp.asarray(rope_inv_freq(head_dim, theta, scaling), dtype=jnp.float32)
     freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)  # [T, hd]
     return jnp.cos(emb), jnp.sin(emb)
@@ -51,8 +73,10 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * c + rotated * s
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, offset=0) -> jax.Array:
-    """Causal grouped-query attention.
+def causal_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, offset=0, window: int | None = None
+) -> jax.Array:
+    """Causal grouped-query attention, optionally within a sliding window.
 
     Args:
       q: [B, T, H, hd] queries at positions offset .. offset+T-1; H = K * g.
@@ -60,6 +84,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, offset=0) -> jax.
         KV cache may hold unused positions past offset+T-1, masked out).
         Query head h uses key-value head h // g.
       offset: position of the first query (int or traced int).
+      window: W; the query at position i sees keys j with 0 <= i - j < W
+        (Mistral's sliding window). None: every j <= i.
     Returns:
       [B, T, H, hd] in q's dtype. Scores and softmax in float32.
     """
@@ -70,8 +96,13 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, offset=0) -> jax.
     scores = scores * np.float32(1.0 / np.sqrt(hd))
     if isinstance(offset, int) and offset == 0 and s == t:
         mask = np.tril(np.ones((t, s), dtype=bool))
+        if window is not None:
+            mask &= ~np.tril(np.ones((t, s), dtype=bool), -window)
     else:
-        mask = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + offset
+        query_pos = jnp.arange(t)[:, None] + offset
+        mask = jnp.arange(s)[None, :] <= query_pos
+        if window is not None:
+            mask = mask & (jnp.arange(s)[None, :] > query_pos - window)
     scores = jnp.where(mask, scores, np.float32(np.finfo(np.float32).min))
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskx->btkgx", probs, v)

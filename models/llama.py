@@ -86,6 +86,8 @@ def _row_parallel(act: jax.Array, w: jax.Array, reducer: Reducer, *, label: str,
 
 
 def _init(name: str):
+    if name in ("bq", "bk", "bv"):
+        return nn.initializers.zeros
     if name.endswith("norm"):
         return nn.initializers.ones
     return nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
@@ -96,7 +98,8 @@ class Block(nn.Module):
 
     Parameters in this program's view (`TPPlan.layer_shapes`): attn_norm [D];
     wq [D, (R,) Hq'*hd]; wk, wv [D, (R,) Kh*hd]; wo [R, S*hd, D]; mlp_norm [D];
-    w_gate, w_up [D, (R,) F']; w_down [R, Sf, D].
+    w_gate, w_up [D, (R,) F']; w_down [R, Sf, D]; with `qkv_bias` also
+    bq [(R,) Hq'*hd], bk, bv [(R,) Kh*hd].
     """
 
     config: LlamaConfig
@@ -115,17 +118,20 @@ class Block(nn.Module):
         keys = (None, None) if key is None else jax.random.split(jax.random.fold_in(key, layer))
 
         h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
-        q = (h @ p["wq"].reshape(d, -1)).reshape(b, t, lay.q_heads, hd)
-        k = (h @ p["wk"].reshape(d, -1)).reshape(b, t, lay.kv_heads, hd)
-        v = (h @ p["wv"].reshape(d, -1)).reshape(b, t, lay.kv_heads, hd)
+        q, k, v = (h @ p[w].reshape(d, -1) for w in ("wq", "wk", "wv"))
+        if c.qkv_bias:  # Qwen2: bias on the column-parallel Q/K/V outputs
+            q, k, v = q + p["bq"].reshape(-1), k + p["bk"].reshape(-1), v + p["bv"].reshape(-1)
+        q = q.reshape(b, t, lay.q_heads, hd)
+        k, v = k.reshape(b, t, lay.kv_heads, hd), v.reshape(b, t, lay.kv_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        window = c.sliding_window
         if cache_k is None:
-            attn = causal_attention(q, k, v)
+            attn = causal_attention(q, k, v, window=window)
         else:
             at = (0, start, 0, 0)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
-            attn = causal_attention(q, cache_k, cache_v, offset=start)
+            attn = causal_attention(q, cache_k, cache_v, offset=start, window=window)
         slots = to_slots(attn, lay.head_slots, lay.ranks)  # [B, T, R, S*hd]
         x = x + _row_parallel(slots, p["wo"], self.reducer, label="attn_out", key=keys[0])
 
@@ -159,7 +165,7 @@ class Llama(nn.Module):
         embed = self.param("embed", nn.initializers.normal(1.0), (c.vocab_size, c.hidden_size))
         x = jnp.take(embed, tokens, axis=0).astype(dtype)  # [B, T, D]
         positions = jnp.arange(tokens.shape[-1]) + start
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, c.rope_scaling)
         layers = nn.scan(
             Block,
             variable_axes={"params": 0},

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from .config import LlamaConfig
-from .weights import LAYER_KEYS, validate_weights
+from .weights import layer_keys, validate_weights
 
 __all__ = [
     "split_counts",
@@ -57,6 +57,9 @@ PER_RANK_AXES = {
     "w_gate": 2,  # [L, D, N, Sf]
     "w_up": 2,
     "w_down": 1,  # [L, N, Sf, D]
+    "bq": 1,  # [L, N, S*hd]
+    "bk": 1,  # [L, N, Skv*hd]
+    "bv": 1,
 }
 
 
@@ -205,7 +208,9 @@ class TPPlan:
             raise ValueError(f"unknown view {view!r}; use 'batched', 'rank' or 'global'")
         shapes = {"attn_norm": (d,), "mlp_norm": (d,), "wo": (r, s * hd, d), "w_down": (r, sf, d)}
         shapes |= cols
-        return tuple((k, shapes[k]) for k in LAYER_KEYS)
+        # Biases follow their projection's output columns.
+        shapes |= {b: cols[w][1:] for b, w in (("bq", "wq"), ("bk", "wk"), ("bv", "wv"))}
+        return tuple((k, shapes[k]) for k in layer_keys(c))
 
     def abstract_params(self, view: str, dtype=np.float32) -> dict:
         """The params tree of `view` as `jax.ShapeDtypeStruct`s (nothing allocated)."""
@@ -236,6 +241,8 @@ class TPPlan:
         layers["wo"] = _take_rows(stacked["wo"], self.q_slots, c.head_dim)
         layers["w_gate"], layers["w_up"] = stacked["w_gate"], stacked["w_up"]
         layers["w_down"] = _take_rows(stacked["w_down"], self.ff_slots, 1)
+        for b in ("bq", "bk", "bv") if c.qkv_bias else ():
+            layers[b] = stacked[b]
         return _params_tree(c, weights, layers, dtype)
 
     def rank_params(self, weights, dtype=np.float32) -> dict:
@@ -256,6 +263,10 @@ class TPPlan:
         layers["w_gate"] = _take_cols(stacked["w_gate"], self.ff_slots, 1)
         layers["w_up"] = _take_cols(stacked["w_up"], self.ff_slots, 1)
         layers["w_down"] = _take_rows(stacked["w_down"], self.ff_slots, 1)
+        if c.qkv_bias:  # [L, n*hd] -> [L, N, S*hd], the columns of wq/wk/wv
+            layers["bq"] = _take_cols(stacked["bq"][:, None], self.q_slots, hd)[:, 0]
+            layers["bk"] = _take_cols(stacked["bk"][:, None], self.kv_slots, hd)[:, 0]
+            layers["bv"] = _take_cols(stacked["bv"][:, None], self.kv_slots, hd)[:, 0]
         return _params_tree(c, weights, layers, dtype)
 
 
@@ -285,7 +296,7 @@ def _stack_layers(config: LlamaConfig, weights) -> dict[str, np.ndarray]:
     validate_weights(config, weights)
     return {
         k: np.stack([np.asarray(weights[f"layers.{i}.{k}"]) for i in range(config.num_layers)])
-        for k in LAYER_KEYS
+        for k in layer_keys(config)
     }
 
 

@@ -19,6 +19,9 @@ key                        shape            meaning
 ``layers.{i}.w_down``      [F, D]           SwiGLU down projection
 ``final_norm``             [D]              RMSNorm weight before the head
 ``lm_head``                [D, V]           output head; absent when tied
+``layers.{i}.bq``          [Hq*hd]          query bias (``qkv_bias`` only)
+``layers.{i}.bk``          [Hkv*hd]         key bias (``qkv_bias`` only)
+``layers.{i}.bv``          [Hkv*hd]         value bias (``qkv_bias`` only)
 =========================  ===============  ==================================
 
 for ``i`` in ``0 .. L-1``. Head ``h`` occupies columns ``h*hd .. (h+1)*hd`` of
@@ -39,6 +42,8 @@ from .config import LlamaConfig
 
 __all__ = [
     "LAYER_KEYS",
+    "BIAS_KEYS",
+    "layer_keys",
     "weight_shapes",
     "validate_weights",
     "random_weights",
@@ -57,6 +62,14 @@ LAYER_KEYS = (
     "w_down",
 )
 
+#: Per-layer keys added by ``LlamaConfig.qkv_bias`` (Qwen2).
+BIAS_KEYS = ("bq", "bk", "bv")
+
+
+def layer_keys(config: LlamaConfig) -> tuple[str, ...]:
+    """Per-layer canonical keys of `config`: LAYER_KEYS, then BIAS_KEYS with qkv_bias."""
+    return LAYER_KEYS + (BIAS_KEYS if config.qkv_bias else ())
+
 
 def _layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     d, f = config.hidden_size, config.intermediate_size
@@ -70,6 +83,9 @@ def _layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         "w_gate": (d, f),
         "w_up": (d, f),
         "w_down": (f, d),
+        "bq": (config.q_dim,),
+        "bk": (config.kv_dim,),
+        "bv": (config.kv_dim,),
     }
 
 
@@ -78,7 +94,7 @@ def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"embed": (config.vocab_size, config.hidden_size)}
     layer = _layer_shapes(config)
     for i in range(config.num_layers):
-        for key in LAYER_KEYS:
+        for key in layer_keys(config):
             shapes[f"layers.{i}.{key}"] = layer[key]
     shapes["final_norm"] = (config.hidden_size,)
     if not config.tie_embeddings:
@@ -121,12 +137,14 @@ def random_weights(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float32 canonical weights for `config` (deterministic in `seed`).
 
     Projections are N(0, 1/fan_in) so activations stay O(1) through depth;
-    norm weights are 1 + N(0, 0.1^2); the embedding is N(0, 1).
+    norm weights are 1 + N(0, 0.1^2); Q/K/V biases N(0, 0.1^2); the embedding is N(0, 1).
     """
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for key, shape in weight_shapes(config).items():
-        if len(shape) == 1:
+        if key.rsplit(".", 1)[-1] in BIAS_KEYS:
+            w = 0.1 * rng.standard_normal(shape, dtype=np.float32)
+        elif len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
         elif key == "embed":
             w = rng.standard_normal(shape, dtype=np.float32)

@@ -10,14 +10,32 @@ measured against it.
 Canonical weights (float32, ``y = x @ W``): ``embed [V, D]``;
 ``layers.{i}.attn_norm [D]``, ``wq [D, Hq*hd]``, ``wk/wv [D, Hkv*hd]``,
 ``wo [Hq*hd, D]``, ``mlp_norm [D]``, ``w_gate/w_up [D, F]``, ``w_down [F, D]``;
-``final_norm [D]``; ``lm_head [D, V]`` when untied.
+``final_norm [D]``; ``lm_head [D, V]`` when untied; ``layers.{i}.bq [Hq*hd]``,
+``bk/bv [Hkv*hd]`` when ``config.qkv_bias``.
+
+Switches, each from its published definition: Qwen2's Q/K/V biases
+(``Qwen2Attention``: ``nn.Linear(..., bias=True)``); rotary scaling ("linear":
+positions divided by the factor; "llama3": Meta's ``apply_scaling`` of the
+Llama-3.1 reference code, written per frequency with a loop; "freq_factors":
+llama.cpp's ``rope_freqs``, theta divided by the factor); Mistral's sliding
+window (a query at i sees keys j with i - W < j <= i).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["forward", "rms_norm", "rope", "attention", "greedy", "random_weights"]
+__all__ = [
+    "forward",
+    "rms_norm",
+    "inv_freqs",
+    "rope",
+    "attention",
+    "greedy",
+    "random_weights",
+]
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -25,10 +43,48 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
+def _llama3_scale(freqs, factor, low, high, old_len):
+    """Meta's Llama-3.1 ``apply_scaling`` (reference repo), one frequency at a time."""
+    low_wavelen = old_len / low
+    high_wavelen = old_len / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(freq)
+        elif wavelen > low_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return np.array(out, dtype=np.float64)
+
+
+def inv_freqs(hd: int, theta: float, scaling=None) -> np.ndarray:
+    """theta^(-2j/hd) for j < hd/2, rescaled by ``scaling`` (a RopeScaling or None)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)  # [hd/2]
+    if scaling is None:
+        return inv_freq
+    kind = scaling.rope_type
+    if kind == "linear":  # HF: position / factor, i.e. the same angle at factor x the position
+        return inv_freq / scaling.factor
+    if kind == "freq_factors":  # ggml rope: theta_j / freq_factors[j]
+        return inv_freq / np.array(scaling.freq_factors, dtype=np.float64)
+    if kind == "llama3":
+        return _llama3_scale(
+            inv_freq,
+            scaling.factor,
+            scaling.low_freq_factor,
+            scaling.high_freq_factor,
+            scaling.original_max_position,
+        )
+    raise ValueError(f"numpy_llama: rope type {kind!r} not written")
+
+
+def rope(x: np.ndarray, positions: np.ndarray, theta: float, scaling=None) -> np.ndarray:
     """Rotary embedding, HF ``rotate_half`` layout. x: [T, H, hd]; positions: [T]."""
     hd = x.shape[-1]
-    inv_freq = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)  # [hd/2]
+    inv_freq = inv_freqs(hd, theta, scaling)
     ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, hd/2]
     cos = np.concatenate([np.cos(ang), np.cos(ang)], axis=-1)[:, None, :].astype(x.dtype)
     sin = np.concatenate([np.sin(ang), np.sin(ang)], axis=-1)[:, None, :].astype(x.dtype)
@@ -37,14 +93,19 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
     return x * cos + rotated * sin
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Causal grouped-query attention. q: [T, Hq, hd]; k, v: [T, Hkv, hd] -> [T, Hq, hd]."""
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window=None) -> np.ndarray:
+    """Causal grouped-query attention. q: [T, Hq, hd]; k, v: [T, Hkv, hd] -> [T, Hq, hd].
+
+    ``window`` W: query i sees keys j with i - W < j <= i (None: all j <= i)."""
     T, Hq, hd = q.shape
     group = Hq // k.shape[1]
     k = np.repeat(k, group, axis=1)  # query head h uses kv head h // group
     v = np.repeat(v, group, axis=1)
     scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)
-    mask = np.tril(np.ones((T, T), dtype=bool))
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    mask = j <= i
+    if window is not None:
+        mask = mask & (j > i - window)
     scores = np.where(mask[None], scores, -np.inf)
     scores = scores - scores.max(axis=-1, keepdims=True)
     p = np.exp(scores)
@@ -66,11 +127,16 @@ def forward(config, weights: dict, ids, dtype=np.float64) -> np.ndarray:
     for i in range(c.num_layers):
         p = f"layers.{i}."
         h = rms_norm(x, W(p + "attn_norm"), c.rms_norm_eps)
-        q = (h @ W(p + "wq")).reshape(T, c.num_heads, c.head_dim)
-        k = (h @ W(p + "wk")).reshape(T, c.num_kv_heads, c.head_dim)
-        v = (h @ W(p + "wv")).reshape(T, c.num_kv_heads, c.head_dim)
-        q, k = rope(q, pos, c.rope_theta), rope(k, pos, c.rope_theta)
-        a = attention(q, k, v).reshape(T, c.num_heads * c.head_dim)
+        q, k, v = h @ W(p + "wq"), h @ W(p + "wk"), h @ W(p + "wv")
+        if getattr(c, "qkv_bias", False):
+            q, k, v = q + W(p + "bq"), k + W(p + "bk"), v + W(p + "bv")
+        q = q.reshape(T, c.num_heads, c.head_dim)
+        k = k.reshape(T, c.num_kv_heads, c.head_dim)
+        v = v.reshape(T, c.num_kv_heads, c.head_dim)
+        scaling = getattr(c, "rope_scaling", None)
+        q, k = rope(q, pos, c.rope_theta, scaling), rope(k, pos, c.rope_theta, scaling)
+        a = attention(q, k, v, getattr(c, "sliding_window", None))
+        a = a.reshape(T, c.num_heads * c.head_dim)
         x = x + a @ W(p + "wo")
         h = rms_norm(x, W(p + "mlp_norm"), c.rms_norm_eps)
         g = h @ W(p + "w_gate")
@@ -119,6 +185,12 @@ def random_weights(config, seed: int = 0, scale: float = 0.5) -> dict[str, np.nd
             p + "w_up": mat(D, F),
             p + "w_down": mat(F, D),
         }
+        if getattr(c, "qkv_bias", False):
+            w |= {
+                p + "bq": (0.5 * rng.standard_normal(q)).astype(np.float32),
+                p + "bk": (0.5 * rng.standard_normal(kv)).astype(np.float32),
+                p + "bv": (0.5 * rng.standard_normal(kv)).astype(np.float32),
+            }
     w["final_norm"] = gain(D)
     if not c.tie_embeddings:
         w["lm_head"] = mat(D, V)
