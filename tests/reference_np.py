@@ -1,6 +1,6 @@
 """Independent NumPy reference of the scinjax numerical contract.
 
-Written from ``shared/spec/formats.md``, ``shared/spec/collectives.md`` and
+Written from ``docs/spec/formats.md``, ``docs/spec/collectives.md`` and
 ``docs/semantics.md`` only (never from the JAX implementation). Pure NumPy plus
 ``ml_dtypes`` for the bfloat16 / e8m0 dtypes; every float32 operation is done by
 NumPy (IEEE binary32, round to nearest even, no flush-to-zero) and then flushed

@@ -1,6 +1,6 @@
 """Fabric timing model: closed-form limits, monotonicity, ledger consistency, calibration.
 
-The public measurements are written out here (from shared/reference/published-figures.md)
+The public measurements are written out here (from docs/reference/published-figures.md)
 and checked against the copy the package ships, so neither can drift alone.
 """
 
