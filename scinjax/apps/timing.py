@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -162,13 +163,16 @@ def _calibration_text(fabric: str) -> str:
 
 
 def _plot(path: Path, sizes, times, bus, title: str, measured: bool) -> None:
-    import matplotlib
+    """PNG: latency (log-log) and busbw (log x) against message bytes per rank.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Colour = algorithm; solid = in-network (scin), dashed = the others; x ticks in
+    KiB/MiB/GiB at every 4th, 6th, ... power of two (at most 7, so labels never touch).
+    """
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     sweep_data = load_published()["nvls_sweep_8xh100"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = Figure(figsize=(12, 4.8))
+    ax1, ax2 = fig.subplots(1, 2)
     for a in times:
         style = "-" if a.startswith("scin") else "--"
         ax1.loglog(sizes, [t * 1e6 for t in times[a]], style, marker=".", label=a)
@@ -179,14 +183,20 @@ def _plot(path: Path, sizes, times, bus, title: str, measured: bool) -> None:
         mt = [1.75 * s / (b * _GB) * 1e6 for s, b in zip(ms, bw, strict=True)]
         ax1.loglog(ms, mt, "kx", label="nvls measured (8xH100, nccl-tests, eager)")
         ax2.semilogx(ms, bw, "kx", label="nvls measured (8xH100, eager)")
+    lo, hi = math.ceil(math.log2(sizes[0])), math.floor(math.log2(sizes[-1]))
+    step = next(k for k in range(2, 64, 2) if (hi - lo) // k < 7)  # at most 7 labels
+    ticks = [2**e for e in range(lo, hi + 1, step)]
     ax1.set(xlabel="message bytes per rank", ylabel="latency (us)", title=title)
     ax2.set(xlabel="message bytes per rank", ylabel="busbw (GB/s, nccl-tests convention)")
+    ax2.set_ylim(bottom=0)
     for ax in (ax1, ax2):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if len(ticks) >= 2:
+            ax.set_xticks(ticks, [_fmt_size(t) for t in ticks])
+            ax.set_xticks([], minor=True)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(args) -> int:
