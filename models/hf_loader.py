@@ -1,8 +1,11 @@
-"""Read a Hugging Face LLaMA folder: ``config.json``, ``*.safetensors``, ``tokenizer.json``.
+"""Read a Hugging Face folder (Llama, Mistral, Qwen2): ``config.json``, ``*.safetensors``,
+``tokenizer.json``.
 
 Hugging Face stores ``nn.Linear`` weights as ``[out, in]`` and uses the
 ``rotate_half`` rotary layout, which is the canonical one: matrices are only
 transposed to ``[in, out]`` (``y = x @ W``) and cast to float32 (BF16/F16 included).
+Family switches: Qwen2 -> ``qkv_bias``; Mistral -> ``sliding_window``;
+``rope_scaling`` / ``rope_parameters`` (transformers 5) -> ``rope_scaling``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,14 @@ import os
 
 import numpy as np
 
-__all__ = ["read_hf_folder", "config_from_hf"]
+__all__ = ["read_hf_folder", "read_config", "config_from_hf", "rope_from_hf"]
 
-_SUPPORTED_MODEL_TYPES = ("llama",)
+#: model_type -> the architecture class it must name (LLaMA-style decoders only).
+_SUPPORTED = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
 
 _LAYER = {
     "input_layernorm.weight": "attn_norm",
@@ -28,70 +36,207 @@ _LAYER = {
     "mlp.up_proj.weight": "w_up",
     "mlp.down_proj.weight": "w_down",
 }
+_BIAS = {
+    "self_attn.q_proj.bias": "bq",
+    "self_attn.k_proj.bias": "bk",
+    "self_attn.v_proj.bias": "bv",
+}
+# Stored by some exporters, recomputed by every model: never read.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _number(value, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{source}: config.json {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _rope_scaling(scaling: dict, key: str, source: str):
+    """A ``RopeScaling`` (or None) from an HF scaling dict found under ``key``."""
+    from .config import RopeScaling
+
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind == "linear":
+        return RopeScaling(
+            rope_type="linear", factor=_number(scaling.get("factor"), f"{key}.factor", source)
+        )
+    if kind == "llama3":
+        fields = {}
+        for hf, ours in (
+            ("factor", "factor"),
+            ("low_freq_factor", "low_freq_factor"),
+            ("high_freq_factor", "high_freq_factor"),
+            ("original_max_position_embeddings", "original_max_position"),
+        ):
+            if hf not in scaling:
+                raise ValueError(f"{source}: config.json {key} (llama3) has no {hf!r}")
+            fields[ours] = _number(scaling[hf], f"{key}.{hf}", source)
+        fields["original_max_position"] = int(fields["original_max_position"])
+        return RopeScaling(rope_type="llama3", **fields)
+    raise ValueError(
+        f"{source}: config.json {key}.rope_type {kind!r} is not supported by scinjax models "
+        "(supported: default, linear, llama3)"
+    )
+
+
+def rope_from_hf(cfg: dict, *, source: str = ""):
+    """``(rope_theta, RopeScaling | None)`` from an HF config dict.
+
+    transformers 5 writes ``rope_parameters`` ({rope_theta, rope_type, scaling
+    fields}); earlier versions top-level ``rope_theta`` and ``rope_scaling``.
+    Both are read; settings that cannot be read raise ValueError naming the key.
+    """
+    params = cfg.get("rope_parameters")
+    if params is None:
+        theta = _number(cfg.get("rope_theta", 10000.0), "rope_theta", source)
+        scaling = cfg.get("rope_scaling")
+        if scaling is None:
+            return theta, None
+        if not isinstance(scaling, dict):
+            raise ValueError(
+                f"{source}: config.json rope_scaling must be an object, got {scaling!r}"
+            )
+        return theta, _rope_scaling(scaling, "rope_scaling", source)
+    if not isinstance(params, dict):
+        raise ValueError(f"{source}: config.json rope_parameters must be an object, got {params!r}")
+    if params and all(isinstance(v, dict) for v in params.values()):
+        raise ValueError(
+            f"{source}: config.json rope_parameters holds per-layer-type settings "
+            f"({sorted(params)}); scinjax models one rotary setting for all layers"
+        )
+    if "rope_theta" not in params:
+        raise ValueError(f"{source}: config.json rope_parameters has no 'rope_theta'")
+    theta = _number(params["rope_theta"], "rope_parameters.rope_theta", source)
+    top = cfg.get("rope_theta")
+    if top is not None and top != params["rope_theta"]:
+        raise ValueError(
+            f"{source}: config.json rope_theta={top!r} contradicts "
+            f"rope_parameters.rope_theta={params['rope_theta']!r}"
+        )
+    if cfg.get("rope_scaling") not in (None, params):
+        raise ValueError(f"{source}: config.json has both rope_scaling and rope_parameters")
+    return theta, _rope_scaling(params, "rope_parameters", source)
+
+
+def _sliding_window(cfg: dict, model_type: str, n_layers: int, source: str):
+    """W or None. Mistral: ``sliding_window`` (MistralConfig's default 4096 when absent,
+    null = full attention); Qwen2: only with ``use_sliding_window`` on every layer."""
+    types = cfg.get("layer_types")
+    if types is not None and len(set(types)) > 1:
+        raise ValueError(
+            f"{source}: config.json layer_types mixes {sorted(set(types))}; scinjax models one "
+            "attention kind for all layers"
+        )
+    if model_type == "mistral":
+        window = cfg.get("sliding_window", 4096)
+    elif model_type == "qwen2" and cfg.get("use_sliding_window"):
+        if int(cfg.get("max_window_layers", n_layers)) != 0:
+            raise ValueError(
+                f"{source}: Qwen2 use_sliding_window with max_window_layers="
+                f"{cfg.get('max_window_layers')} (a window on some layers only) is not supported"
+            )
+        window = cfg.get("sliding_window")
+    else:
+        window = None
+    if types and types[0] == "full_attention":
+        window = None
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+        raise ValueError(
+            f"{source}: config.json sliding_window must be a positive int or null, got {window!r}"
+        )
+    return window
 
 
 def config_from_hf(cfg: dict, *, name: str, source: str = ""):
-    """A ``LlamaConfig`` from a Hugging Face ``config.json`` dict (LLaMA family only)."""
+    """A ``LlamaConfig`` from a Hugging Face ``config.json`` dict (Llama, Mistral, Qwen2)."""
     from .config import LlamaConfig
 
     model_type = cfg.get("model_type")
-    if model_type not in _SUPPORTED_MODEL_TYPES:
+    archs = cfg.get("architectures") or [_SUPPORTED.get(model_type)]
+    if model_type not in _SUPPORTED or archs[0] != _SUPPORTED[model_type]:
         raise ValueError(
-            f"{source}: unsupported model_type {model_type!r} in config.json; scinjax models "
-            f"LLaMA checkpoints only ({_SUPPORTED_MODEL_TYPES})"
+            f"{source}: unsupported model_type {model_type!r} (architectures {archs}) in "
+            f"config.json; scinjax models {', '.join(_SUPPORTED.values())} only"
         )
-    for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
-            raise ValueError(f"{source}: {flag}=true is not supported by scinjax models")
+    if model_type == "llama" and cfg.get("attention_bias"):
+        raise ValueError(
+            f"{source}: attention_bias=true (bias on the output projection too) is not "
+            "supported by scinjax models"
+        )
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{source}: mlp_bias=true is not supported by scinjax models")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"{source}: hidden_act {act!r} unsupported (SwiGLU with silu only)")
-    scaling = cfg.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise ValueError(f"{source}: rope_scaling {scaling!r} is not supported by scinjax models")
+    theta, scaling = rope_from_hf(cfg, source=source)
+    params = cfg.get("rope_parameters") or {}  # a dict: rope_from_hf checked it
+    partial = cfg.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor={partial!r} is not supported (1.0 only)")
     n_head = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
+    n_layers = int(cfg["num_hidden_layers"])
     return LlamaConfig(
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
+        num_layers=n_layers,
         num_heads=n_head,
         num_kv_heads=int(cfg.get("num_key_value_heads") or n_head),
         head_dim=int(cfg.get("head_dim") or hidden // n_head),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=theta,
         max_position=int(cfg.get("max_position_embeddings", 2048)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2",
+        rope_scaling=scaling,
+        sliding_window=_sliding_window(cfg, model_type, n_layers, source),
         name=name,
     )
 
 
-def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
+def _check_size(path: str) -> None:
+    """ValueError when the data section is shorter than the header says (truncated file);
+    safe_open maps the file lazily and would only fail on reading the missing tensor."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    size = os.path.getsize(path)
+    if 8 + n + end > size:
+        raise ValueError(f"file has {size} bytes, its header needs {8 + n + end}")
+
+
+def _open_safetensors(files: list[str]) -> dict[str, object]:
+    """Tensor name -> an open ``safe_open`` handle holding it (nothing read yet)."""
     try:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "reading safetensors needs the `safetensors` package; install it with "
             "`pip install 'scinjax[models]'`"
         ) from e
-    out: dict[str, np.ndarray] = {}
+    where: dict[str, object] = {}
     for f in files:
         try:
-            part = load_file(f)
+            _check_size(f)
+            handle = safe_open(f, framework="numpy")
+            names = list(handle.keys())
         except Exception as e:
             raise ValueError(
                 f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); it is "
                 "corrupt or truncated, download it again"
             ) from e
-        out.update(part)
-    return out
+        where.update(dict.fromkeys(names, handle))
+    return where
 
 
-def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None):
-    """``(LlamaConfig, weights, Tokenizer)`` of a Hugging Face LLaMA folder."""
-    from .tokenizer import from_hf_folder
-
+def read_config(folder: str | os.PathLike, *, name: str | None = None):
+    """``(LlamaConfig, raw config dict)`` of a Hugging Face folder (no weights read)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -109,27 +254,51 @@ def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None):
     config = config_from_hf(
         raw, name=name or os.path.basename(os.path.normpath(folder)), source=folder
     )
+    return config, raw
+
+
+def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None, dtype=np.float32):
+    """``(LlamaConfig, weights, Tokenizer)`` of a Hugging Face Llama/Mistral/Qwen2 folder.
+
+    Tensors are read and converted one at a time (to ``dtype``: float32, or
+    bfloat16/float16 to halve the memory), so the peak is the final weights
+    plus one tensor.
+    """
+    from .tokenizer import from_hf_folder
+
+    folder = os.fspath(folder)
+    config, raw = read_config(folder, name=name)
     files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
     if not files:
         raise FileNotFoundError(
             f"{folder}: no *.safetensors files (PyTorch .bin checkpoints are not read; convert "
             "them with safetensors first)"
         )
-    raw_w = _read_safetensors(files)
+    handles = _open_safetensors(files)
+    used: set[str] = set()
 
-    def take(key: str) -> np.ndarray:
-        if key not in raw_w:
+    def take(key: str, transpose: bool = False) -> np.ndarray:
+        if key not in handles:
             raise ValueError(f"{folder}: tensor {key!r} missing from the safetensors files")
-        return np.asarray(raw_w[key]).astype(np.float32)
+        used.add(key)
+        w = handles[key].get_tensor(key)
+        w = w.T if transpose and w.ndim == 2 else w
+        return np.ascontiguousarray(w, dtype=dtype)
 
     weights = {"embed": take("model.embed_tokens.weight")}
+    layer = _LAYER | (_BIAS if config.qkv_bias else {})
     for i in range(config.num_layers):
-        for hname, cname in _LAYER.items():
-            w = take(f"model.layers.{i}.{hname}")
-            weights[f"layers.{i}.{cname}"] = w if w.ndim == 1 else np.ascontiguousarray(w.T)
+        for hname, cname in layer.items():
+            weights[f"layers.{i}.{cname}"] = take(f"model.layers.{i}.{hname}", transpose=True)
     weights["final_norm"] = take("model.norm.weight")
     if not config.tie_embeddings:
-        weights["lm_head"] = np.ascontiguousarray(take("lm_head.weight").T)
+        weights["lm_head"] = take("lm_head.weight", transpose=True)
+    unused = sorted(k for k in handles if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    if unused and not (config.tie_embeddings and unused == ["lm_head.weight"]):
+        raise ValueError(
+            f"{folder}: tensors the {config.name or 'model'} config does not use: "
+            f"{unused[:6]}{' ...' if len(unused) > 6 else ''}; this checkpoint is not supported"
+        )
     if weights["embed"].shape != (config.vocab_size, config.hidden_size):
         raise ValueError(
             f"{folder}: embed_tokens has shape {weights['embed'].shape}, config.json says "

@@ -302,3 +302,125 @@ def test_sentencepiece_vocab_tokenizer():
     assert tok.encode("ac", add_bos=False) == [ids["▁a"], ids["<0x63>"]]
     for text in ["ab ab", "ac", "b a"]:
         assert tok.decode(tok.encode(text, add_bos=False)) == text
+
+
+# ------------------------------------------------- HF families and rotary layouts
+
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position=80,
+)
+
+
+def _hf_case(kind: str):
+    from scinjax.models.config import RopeScaling
+
+    if kind == "llama3":
+        return "llama", tg.tiny_config(rope_theta=500.0, rope_scaling=RopeScaling(**LLAMA3_ROPE))
+    if kind == "qwen2":
+        return "qwen2", tg.tiny_config(num_heads=8, num_kv_heads=2, head_dim=8, qkv_bias=True)
+    if kind == "mistral":
+        return "mistral", tg.tiny_config(sliding_window=4)
+    return "llama", tg.tiny_config(rope_theta=500.0)
+
+
+@pytest.mark.parametrize("layout", ["v4", "v5"])
+@pytest.mark.parametrize("kind", ["plain", "llama3", "qwen2", "mistral"])
+def test_hf_families_and_rope_layouts(tmp_path, kind, layout):
+    """transformers 4 (rope_theta/rope_scaling) and 5 (rope_parameters) configs give the same
+    model; logits match the NumPy forward of the intended config."""
+    from scinjax.models import build_model
+
+    model_type, config = _hf_case(kind)
+    w = random_weights(config, seed=4, scale=1.0)
+    folder = tmp_path / f"{kind}-{layout}"
+    tg.write_hf_folder(folder, config, w, model_type=model_type, rope_layout=layout)
+    cfg, got, tok = load_weights(str(folder))
+    assert cfg == config.replace(name=folder.name)
+    ids = tok.encode("the cat in 12 cats at the hat")
+    ref = forward(config, w, ids)
+    out = build_model(cfg, got, tp=2).logits(ids)
+    assert float(np.abs(out - ref).max()) < 2e-3
+
+
+def _write_cfg(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(rope_parameters={"rope_type": "default"}), "rope_parameters has no 'rope_theta'"),
+        (dict(rope_parameters=500.0), "rope_parameters must be an object"),
+        (
+            dict(rope_parameters={"full_attention": {"rope_theta": 1e4}, "sliding": {}}),
+            "per-layer-type",
+        ),
+        (
+            dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+            "rope_parameters.rope_type 'yarn' is not supported",
+        ),
+        (
+            dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}),
+            "rope_parameters \\(llama3\\) has no 'low_freq_factor'",
+        ),
+        (
+            dict(rope_theta=1e4, rope_parameters={"rope_type": "default", "rope_theta": 5e5}),
+            "contradicts",
+        ),
+        (dict(rope_theta="big"), "rope_theta must be a positive number"),
+        (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "'dynamic' is not supported"),
+        (dict(model_type="gemma", architectures=["GemmaForCausalLM"]), "'gemma'"),
+        (dict(model_type="phi3", architectures=["Phi3ForCausalLM"]), "'phi3'"),
+        (dict(model_type="mixtral", architectures=["MixtralForCausalLM"]), "'mixtral'"),
+        (dict(architectures=["LlamaForSequenceClassification"]), "LlamaForSequenceClass"),
+        (dict(attention_bias=True), "attention_bias=true"),
+        (dict(partial_rotary_factor=0.5), "partial_rotary_factor"),
+    ],
+)
+def test_hf_config_refused(tmp_path, tiny, changes, match):
+    config, w = tiny
+    folder = tmp_path / "hf"
+    tg.write_hf_folder(folder, config, w)
+    _write_cfg(folder, **changes)
+    with pytest.raises(ValueError, match=match):
+        load_weights(str(folder))
+
+
+def test_hf_mistral_window_default_and_qwen_window(tmp_path):
+    """MistralConfig's default window (4096) applies when the key is absent; null is full
+    attention; Qwen2's window on some layers only is refused."""
+    from scinjax.models.hf_loader import config_from_hf
+
+    config = tg.tiny_config()
+    base = tg.write_hf_folder(tmp_path / "m", config, random_weights(config), with_tokenizer=False)
+    mistral = base | {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+    assert config_from_hf(mistral, name="m").sliding_window == 4096
+    assert config_from_hf(mistral | {"sliding_window": None}, name="m").sliding_window is None
+    qwen = base | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    assert config_from_hf(qwen | {"sliding_window": 64}, name="q").sliding_window is None
+    with pytest.raises(ValueError, match="max_window_layers"):
+        config_from_hf(qwen | {"use_sliding_window": True, "max_window_layers": 1}, name="q")
+
+
+def test_hf_unused_tensor_refused(tmp_path, tiny):
+    """A tensor the config does not use (e.g. biases of a Llama folder) is an error, not dropped."""
+    from safetensors.numpy import load_file, save_file
+
+    config, w = tiny
+    folder = tmp_path / "hf"
+    tg.write_hf_folder(folder, config, w)
+    t = load_file(folder / "model.safetensors")
+    t["model.layers.0.self_attn.q_proj.bias"] = np.zeros(config.q_dim, np.float32)
+    save_file(t, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="q_proj.bias"):
+        load_weights(str(folder))

@@ -162,14 +162,59 @@ def write_gguf(
     return written
 
 
-def write_hf_folder(folder, config, weights: dict, *, dtype=np.float32, with_tokenizer=True):
-    """A Hugging Face LLaMA folder: config.json, model.safetensors (``dtype``), tokenizer.json."""
+_HF_ARCH = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+
+def hf_rope_fields(config, layout: str = "v4") -> dict:
+    """config.json rotary keys as transformers 4 (``rope_theta``, ``rope_scaling``) or 5
+    (``rope_parameters``) writes them."""
+    rs = config.rope_scaling
+    scaling = None
+    if rs is not None and rs.rope_type == "linear":
+        scaling = {"rope_type": "linear", "factor": rs.factor}
+    elif rs is not None and rs.rope_type == "llama3":
+        scaling = {
+            "rope_type": "llama3",
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
+            "high_freq_factor": rs.high_freq_factor,
+            "original_max_position_embeddings": rs.original_max_position,
+        }
+    elif rs is not None:
+        raise ValueError(f"no HF layout for rope type {rs.rope_type}")
+    if layout == "v4":
+        return {"rope_theta": config.rope_theta, "rope_scaling": scaling}
+    return {
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta}
+        | (scaling or {})
+    }
+
+
+def write_hf_folder(
+    folder,
+    config,
+    weights: dict,
+    *,
+    dtype=np.float32,
+    with_tokenizer=True,
+    model_type: str = "llama",
+    rope_layout: str = "v4",
+):
+    """A Hugging Face folder: config.json, model.safetensors (``dtype``), tokenizer.json.
+
+    ``model_type`` llama/mistral/qwen2 (Qwen2 writes the Q/K/V biases, Mistral the
+    sliding window); ``rope_layout`` "v4" (top-level rope_theta/rope_scaling) or
+    "v5" (transformers 5 ``rope_parameters``)."""
     from safetensors.numpy import save_file
 
     os.makedirs(folder, exist_ok=True)
     cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [_HF_ARCH[model_type]],
+        "model_type": model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -178,13 +223,15 @@ def write_hf_folder(folder, config, weights: dict, *, dtype=np.float32, with_tok
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
         "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
+        **hf_rope_fields(config, rope_layout),
         "max_position_embeddings": config.max_position,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_act": "silu",
         "bos_token_id": 0,
         "eos_token_id": 0,
     }
+    if model_type == "mistral":
+        cfg["sliding_window"] = config.sliding_window
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f)
     names = {
@@ -208,6 +255,9 @@ def write_hf_folder(folder, config, weights: dict, *, dtype=np.float32, with_tok
         for c, h in names.items():
             w = weights[f"layers.{i}.{c}"]
             t[f"model.layers.{i}.{h}.weight"] = w.T if w.ndim == 2 else w
+        if model_type == "qwen2":
+            for c, h in (("bq", "q_proj"), ("bk", "k_proj"), ("bv", "v_proj")):
+                t[f"model.layers.{i}.self_attn.{h}.bias"] = weights[f"layers.{i}.{c}"]
     save_file(
         {k: np.ascontiguousarray(v).astype(dtype) for k, v in t.items()},
         os.path.join(folder, "model.safetensors"),
