@@ -1,4 +1,5 @@
-"""Read a LLaMA-architecture GGUF file into canonical float32 weights, a config and a tokenizer.
+"""Read a LLaMA-style GGUF file (``llama``: Llama 1-3.x, Mistral; ``qwen2``) into canonical
+weights, a config and a tokenizer.
 
 Layout facts this module relies on (llama.cpp ``convert_hf_to_gguf.py`` and ``ggml``):
 
@@ -16,17 +17,29 @@ Layout facts this module relies on (llama.cpp ``convert_hf_to_gguf.py`` and ``gg
 
   We undo it exactly with ``w.reshape(n, hd // 2, 2, in).swapaxes(1, 2)``, so the
   canonical weights use Hugging Face's rotary layout.
+  Only ``llama`` is permuted: ``qwen2`` uses the NEOX (rotate_half) rope in llama.cpp
+  and is stored in the HF layout.
 - No ``output.weight`` tensor means the output head is tied to ``token_embd``.
+- ``rope_freqs.weight`` [hd/2] (Llama-3.1+) divides each rotary frequency (ggml's
+  ``freq_factors``): it becomes ``RopeScaling(rope_type="freq_factors")``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_gguf", "permute_qk_to_gguf", "unpermute_qk_from_gguf", "gguf_metadata"]
+__all__ = [
+    "ARCHITECTURES",
+    "read_gguf",
+    "read_gguf_config",
+    "permute_qk_to_gguf",
+    "unpermute_qk_from_gguf",
+    "gguf_metadata",
+]
 
 
 def _require_gguf():
@@ -118,31 +131,50 @@ _LAYER_TENSORS = {
     "ffn_up": "w_up",
     "ffn_down": "w_down",
 }
+_BIAS_TENSORS = {"attn_q": "bq", "attn_k": "bk", "attn_v": "bv"}
 
 
-def read_gguf(path: str | os.PathLike, *, name: str | None = None):
-    """``(LlamaConfig, weights, Tokenizer)`` of a LLaMA-architecture GGUF file.
+@dataclasses.dataclass(frozen=True)
+class _Arch:
+    """What one ``general.architecture`` means for the canonical model.
 
-    Weights are float32 in the canonical layout (see ``docs/loaders_and_study.md``),
-    dequantized with ``gguf.quants.dequantize`` (F32, F16, BF16, Q4_0/1, Q5_0/1,
-    Q8_0, K-quants, IQ-quants: whatever the installed ``gguf`` supports).
+    permute_qk: llama.cpp's converter permuted the Q/K rows (its "NORM" rope);
+    architectures with the NEOX rope (Qwen2) keep the HF layout.
+    qkv_bias: the Q/K/V projections carry ``.bias`` tensors.
     """
-    from .config import LlamaConfig
-    from .tokenizer import from_gguf_vocab
 
-    path = os.fspath(path)
-    gguf, reader = _open(path)
-    arch = _value(reader, "general.architecture")
-    if arch != "llama":
+    permute_qk: bool
+    qkv_bias: bool
+
+
+#: Supported GGUF architectures (a new family: one entry, plus its tensors if it has more).
+ARCHITECTURES = {
+    "llama": _Arch(permute_qk=True, qkv_bias=False),  # Llama 1/2/3.x, Mistral, SmolLM2
+    "qwen2": _Arch(permute_qk=False, qkv_bias=True),  # Qwen2, Qwen2.5
+}
+
+
+def _shape(t) -> tuple[int, ...]:
+    """NumPy shape [ne1, ne0] of a GGUF tensor (``t.shape`` is ne0-first)."""
+    return tuple(int(d) for d in reversed(t.shape))
+
+
+def _config_from_reader(path: str, reader, name: str | None):
+    """(LlamaConfig, _Arch, {tensor name: tensor}) from metadata and tensor shapes only."""
+    from .config import LlamaConfig, RopeScaling
+
+    arch_name = _value(reader, "general.architecture")
+    arch = ARCHITECTURES.get(arch_name)
+    if arch is None:
         raise ValueError(
-            f"{path}: unsupported architecture {arch!r}; scinjax models LLaMA-architecture "
-            "GGUFs (general.architecture == 'llama') only"
+            f"{path}: unsupported architecture {arch_name!r}; scinjax models the GGUF "
+            f"architectures {sorted(ARCHITECTURES)} (LLaMA-style decoders) only"
         )
 
     def meta(key: str, default: Any = None, *, required: bool = False):
-        v = _value(reader, f"llama.{key}", default)
+        v = _value(reader, f"{arch_name}.{key}", default)
         if required and v is None:
-            raise ValueError(f"{path}: GGUF metadata llama.{key} is missing")
+            raise ValueError(f"{path}: GGUF metadata {arch_name}.{key} is missing")
         return v
 
     n_head = int(meta("attention.head_count", required=True))
@@ -152,13 +184,74 @@ def read_gguf(path: str | os.PathLike, *, name: str | None = None):
     rope_dims = int(meta("rope.dimension_count", head_dim))
     if rope_dims != head_dim:
         raise ValueError(f"{path}: partial rotary (rope.dimension_count={rope_dims}) unsupported")
-    scaling = meta("rope.scaling.type", "none")
-    if scaling not in (None, "none"):
-        raise ValueError(f"{path}: rope scaling {scaling!r} is not supported by scinjax models")
-
     tensors = {t.name: t for t in reader.tensors}
+    scaling = None
+    kind = meta("rope.scaling.type", "none")
+    if kind == "linear":
+        scaling = RopeScaling(rope_type="linear", factor=float(meta("rope.scaling.factor", 1.0)))
+    elif kind not in (None, "none"):
+        raise ValueError(
+            f"{path}: {arch_name}.rope.scaling.type {kind!r} is not supported by scinjax models "
+            "(none, linear, or per-frequency factors in rope_freqs)"
+        )
     if "rope_freqs.weight" in tensors:
-        raise ValueError(f"{path}: per-frequency rope factors (rope_freqs) are not supported")
+        if scaling is not None:
+            raise ValueError(f"{path}: both rope scaling {kind!r} and rope_freqs; unsupported")
+        t = tensors["rope_freqs.weight"]
+        factors = np.asarray(_require_gguf().quants.dequantize(t.data, t.tensor_type))
+        scaling = RopeScaling(
+            rope_type="freq_factors", freq_factors=tuple(float(v) for v in factors.ravel())
+        )
+    if "token_embd.weight" not in tensors:
+        raise ValueError(f"{path}: tensor 'token_embd.weight' is missing; is this a LLaMA GGUF?")
+    vocab, width = _shape(tensors["token_embd.weight"])
+    if width != hidden:
+        raise ValueError(f"{path}: token_embd has width {width}, expected {hidden}")
+    n_layers = int(meta("block_count", required=True))
+    gate = tensors.get("blk.0.ffn_gate.weight")
+    ffn = _shape(gate)[0] if gate is not None else int(meta("feed_forward_length", 0))
+    window = meta("attention.sliding_window")
+    config = LlamaConfig(
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(ffn),
+        num_layers=n_layers,
+        num_heads=n_head,
+        num_kv_heads=n_kv,
+        head_dim=head_dim,
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        max_position=int(meta("context_length", 2048)),
+        tie_embeddings="output.weight" not in tensors,
+        qkv_bias=arch.qkv_bias,
+        rope_scaling=scaling,
+        sliding_window=None if window in (None, 0) else int(window),
+        name=name or os.path.splitext(os.path.basename(path))[0],
+    )
+    return config, arch, tensors
+
+
+def read_gguf_config(path: str | os.PathLike, *, name: str | None = None):
+    """The ``LlamaConfig`` of a GGUF file from its metadata and tensor shapes (no weights read)."""
+    path = os.fspath(path)
+    _, reader = _open(path)
+    return _config_from_reader(path, reader, name)[0]
+
+
+def read_gguf(path: str | os.PathLike, *, name: str | None = None, dtype=np.float32):
+    """``(LlamaConfig, weights, Tokenizer)`` of a LLaMA-style GGUF file (llama, qwen2).
+
+    Weights are in the canonical layout (see ``models.weights``), dequantized with
+    ``gguf.quants.dequantize`` one tensor at a time and stored as ``dtype``
+    (float32, or bfloat16/float16 to halve the memory): F32, F16, BF16, Q4_0/1,
+    Q5_0/1, Q8_0, K-quants, IQ-quants: whatever the installed ``gguf`` supports.
+    """
+    from .tokenizer import from_gguf_vocab
+
+    path = os.fspath(path)
+    gguf, reader = _open(path)
+    config, arch, tensors = _config_from_reader(path, reader, name)
+    n_layers, n_head, n_kv = config.num_layers, config.num_heads, config.num_kv_heads
 
     def load(tname: str) -> np.ndarray:
         t = tensors.get(tname)
@@ -172,52 +265,34 @@ def read_gguf(path: str | os.PathLike, *, name: str | None = None):
                 f"gguf package cannot dequantize ({e}); upgrade gguf or convert the file to a "
                 "supported type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants)"
             ) from e
-        return np.ascontiguousarray(w, dtype=np.float32)
+        return np.asarray(w, dtype=np.float32)
 
-    n_layers = int(meta("block_count", required=True))
-    known = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
-        f"blk.{i}.{g}.weight" for i in range(n_layers) for g in _LAYER_TENSORS
-    }
+    def store(w: np.ndarray) -> np.ndarray:  # [out, in] -> canonical [in, out] in `dtype`
+        return np.ascontiguousarray(w.T if w.ndim == 2 else w, dtype=dtype)
+
+    layer = {f"{g}.weight": c for g, c in _LAYER_TENSORS.items()}
+    if arch.qkv_bias:
+        layer |= {f"{g}.bias": c for g, c in _BIAS_TENSORS.items()}
+    known = {"token_embd.weight", "output_norm.weight", "output.weight", "rope_freqs.weight"}
+    known |= {f"blk.{i}.{g}" for i in range(n_layers) for g in layer}
     extra = sorted(set(tensors) - known)
     if extra:
         raise ValueError(
-            f"{path}: tensors a LLaMA model does not have: {extra[:6]}"
-            f"{' ...' if len(extra) > 6 else ''}; this GGUF is not supported"
+            f"{path}: tensors a {config.name or 'LLaMA'} model of this architecture does not "
+            f"have: {extra[:6]}{' ...' if len(extra) > 6 else ''}; this GGUF is not supported"
         )
 
-    embed = load("token_embd.weight")  # [V, D]
-    vocab = embed.shape[0]
-    if embed.shape[1] != hidden:
-        raise ValueError(f"{path}: token_embd has width {embed.shape[1]}, expected {hidden}")
-    weights: dict[str, np.ndarray] = {"embed": embed}
+    weights: dict[str, np.ndarray] = {"embed": np.asarray(load("token_embd.weight"), dtype=dtype)}
     for i in range(n_layers):
-        for gname, cname in _LAYER_TENSORS.items():
-            w = load(f"blk.{i}.{gname}.weight")
-            if gname == "attn_q":
-                w = unpermute_qk_from_gguf(w, n_head)
-            elif gname == "attn_k":
-                w = unpermute_qk_from_gguf(w, n_kv)
-            weights[f"layers.{i}.{cname}"] = w if w.ndim == 1 else np.ascontiguousarray(w.T)
-    weights["final_norm"] = load("output_norm.weight")
-    tied = "output.weight" not in tensors
-    if not tied:
-        weights["lm_head"] = np.ascontiguousarray(load("output.weight").T)
-
-    ffn = weights["layers.0.w_gate"].shape[1] if n_layers else int(meta("feed_forward_length", 0))
-    config = LlamaConfig(
-        vocab_size=int(vocab),
-        hidden_size=hidden,
-        intermediate_size=int(ffn),
-        num_layers=n_layers,
-        num_heads=n_head,
-        num_kv_heads=n_kv,
-        head_dim=head_dim,
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta("rope.freq_base", 10000.0)),
-        max_position=int(meta("context_length", 2048)),
-        tie_embeddings=tied,
-        name=name or os.path.splitext(os.path.basename(path))[0],
-    )
+        for gname, cname in layer.items():
+            w = load(f"blk.{i}.{gname}")
+            if arch.permute_qk and gname.startswith(("attn_q.", "attn_k.")):
+                w = unpermute_qk_from_gguf(w, n_head if gname.startswith("attn_q") else n_kv)
+            weights[f"layers.{i}.{cname}"] = store(w)
+            del w
+    weights["final_norm"] = store(load("output_norm.weight"))
+    if not config.tie_embeddings:
+        weights["lm_head"] = store(load("output.weight"))
 
     tok_model = _value(reader, "tokenizer.ggml.model")
     if tok_model is None:

@@ -327,8 +327,17 @@ def _hf_case(kind: str):
     return "llama", tg.tiny_config(rope_theta=500.0)
 
 
-@pytest.mark.parametrize("layout", ["v4", "v5"])
-@pytest.mark.parametrize("kind", ["plain", "llama3", "qwen2", "mistral"])
+@pytest.mark.parametrize(
+    "kind,layout",
+    [
+        ("plain", "v4"),
+        ("plain", "v5"),
+        ("llama3", "v4"),
+        ("llama3", "v5"),
+        ("qwen2", "v4"),
+        ("mistral", "v5"),
+    ],
+)
 def test_hf_families_and_rope_layouts(tmp_path, kind, layout):
     """transformers 4 (rope_theta/rope_scaling) and 5 (rope_parameters) configs give the same
     model; logits match the NumPy forward of the intended config."""
@@ -424,3 +433,60 @@ def test_hf_unused_tensor_refused(tmp_path, tiny):
     save_file(t, folder / "model.safetensors")
     with pytest.raises(ValueError, match="q_proj.bias"):
         load_weights(str(folder))
+
+
+# ------------------------------------------------------------------- GGUF families
+
+
+def _gguf_case(kind: str):
+    from scinjax.models.config import RopeScaling
+
+    if kind == "llama3-rope-freqs":  # Llama-3.1 GGUFs: llama3 scaling as rope_freqs factors
+        ff = RopeScaling(rope_type="freq_factors", freq_factors=(1, 1, 1.5, 2, 4, 8, 8, 8))
+        return "llama", tg.tiny_config(rope_theta=500.0, rope_scaling=ff)
+    if kind == "linear":
+        lin = RopeScaling(rope_type="linear", factor=4.0)
+        return "llama", tg.tiny_config(rope_theta=500.0, rope_scaling=lin)
+    if kind == "qwen2":
+        cfg = tg.tiny_config(num_heads=8, num_kv_heads=2, head_dim=8, qkv_bias=True)
+        return "qwen2", cfg.replace(rope_theta=1e6, tie_embeddings=True)
+    return "llama", tg.tiny_config(sliding_window=4)  # a window in the metadata
+
+
+@pytest.mark.parametrize("kind", ["llama3-rope-freqs", "linear", "qwen2", "window"])
+def test_gguf_families(tmp_path, kind):
+    """llama (rope_freqs, linear scaling, window) and qwen2 (biases, no Q/K permutation)
+    GGUFs load to the intended config; logits match the NumPy forward."""
+    from scinjax.models import build_model
+    from scinjax.models.gguf_loader import read_gguf_config
+
+    arch, config = _gguf_case(kind)
+    w = random_weights(config, seed=6, scale=1.0)
+    path = tmp_path / f"{kind}.gguf"
+    tg.write_gguf(path, config, w, arch=arch, pre="qwen2" if arch == "qwen2" else "llama-bpe")
+    cfg, got, tok = load_weights(str(path))
+    assert cfg == config.replace(name=kind)
+    assert read_gguf_config(path) == cfg  # metadata alone, no weights
+    for k, v in w.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    ids = tok.encode("the cat in 12 cats")
+    ref = forward(config, w, ids)
+    assert float(np.abs(build_model(cfg, got, tp=3).logits(ids) - ref).max()) < 2e-3
+
+
+def test_gguf_qwen2_without_bias_refused(tmp_path):
+    _, config = _gguf_case("qwen2")
+    w = random_weights(config, seed=6)
+    path = tmp_path / "q.gguf"
+    tg.write_gguf(path, config.replace(qkv_bias=False), w, arch="qwen2")
+    with pytest.raises(ValueError, match="blk.0.attn_q.bias"):
+        load_weights(str(path))
+
+
+@pytest.mark.parametrize("arch", ["gemma", "phi3", "llama4"])
+def test_gguf_other_architectures_refused(tmp_path, tiny, arch):
+    config, w = tiny
+    path = tmp_path / f"{arch}.gguf"
+    tg.write_gguf(path, config, w, arch=arch)
+    with pytest.raises(ValueError, match=f"unsupported architecture '{arch}'"):
+        load_weights(str(path))

@@ -83,9 +83,13 @@ _GGUF_NAMES = {
 }
 
 
-def hf_layout(config, weights: dict) -> dict[str, np.ndarray]:
-    """Canonical weights -> GGUF tensor names, PyTorch layout [out, in], Q/K permuted."""
+def hf_layout(config, weights: dict, *, permute: bool = True) -> dict[str, np.ndarray]:
+    """Canonical weights -> GGUF tensor names, PyTorch layout [out, in], Q/K permuted (as
+    llama.cpp does for ``llama``; not for ``qwen2``, whose Q/K/V biases are written too)."""
     out = {"token_embd.weight": weights["embed"], "output_norm.weight": weights["final_norm"]}
+    rs = config.rope_scaling
+    if rs is not None and rs.rope_type == "freq_factors":
+        out["rope_freqs.weight"] = np.asarray(rs.freq_factors, dtype=np.float32)
     if not config.tie_embeddings:
         out["output.weight"] = weights["lm_head"].T
     for i in range(config.num_layers):
@@ -93,11 +97,14 @@ def hf_layout(config, weights: dict) -> dict[str, np.ndarray]:
             w = weights[f"layers.{i}.{cname}"]
             if w.ndim == 2:
                 w = w.T
-                if cname == "wq":
+                if cname == "wq" and permute:
                     w = llamacpp_permute(w, config.num_heads)
-                elif cname == "wk":
+                elif cname == "wk" and permute:
                     w = llamacpp_permute(w, config.num_kv_heads)
             out[f"blk.{i}.{gname}.weight"] = np.ascontiguousarray(w)
+        if config.qkv_bias:
+            for cname, gname in (("bq", "attn_q"), ("bk", "attn_k"), ("bv", "attn_v")):
+                out[f"blk.{i}.{gname}.bias"] = weights[f"layers.{i}.{cname}"]
     return out
 
 
@@ -127,6 +134,11 @@ def write_gguf(
     w.add_head_count_kv(config.num_kv_heads)
     w.add_rope_dimension_count(config.head_dim)
     w.add_rope_freq_base(config.rope_theta)
+    if config.rope_scaling is not None and config.rope_scaling.rope_type == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(config.rope_scaling.factor)
+    if config.sliding_window is not None:
+        w.add_sliding_window(config.sliding_window)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
     w.add_vocab_size(len(tokens))
     w.add_tokenizer_model("gpt2")
@@ -138,7 +150,7 @@ def write_gguf(
     w.add_eos_token_id(0)
     w.add_add_bos_token(add_bos)
     written = {}
-    for name, arr in hf_layout(config, weights).items():
+    for name, arr in hf_layout(config, weights, permute=arch != "qwen2").items():
         t = (override_types or {}).get(name, qtype if arr.ndim == 2 else "F32")
         q = gguf.GGMLQuantizationType[t]
         if t == "F32":
