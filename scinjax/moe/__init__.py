@@ -5,6 +5,7 @@ Exact per-link bytes from routing alone (:func:`ep_traffic`), and bit-exact
 ``dysharp`` (in-switch multicast dispatch, in-switch reduced combine).
 """
 
+from scinjax.moe._ops import Dispatched, EPConfig, combine, dispatch, ep_moe
 from scinjax.moe._traffic import (
     EP_ALGORITHMS,
     META_BYTES_PER_PAIR,
@@ -18,6 +19,11 @@ from scinjax.moe._traffic import (
 )
 
 __all__ = [
+    "Dispatched",
+    "EPConfig",
+    "combine",
+    "dispatch",
+    "ep_moe",
     "EP_ALGORITHMS",
     "META_BYTES_PER_PAIR",
     "EPTraffic",
