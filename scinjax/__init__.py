@@ -6,21 +6,41 @@ named axis (:mod:`scinjax.collectives`), the per-link byte ledger
 """
 
 from scinjax import collectives, formats, traffic
-from scinjax.collectives import ALGORITHMS, Collective, allreduce
-from scinjax.formats import CastFormat, IntFormat, QArray, dequantize, quantize, wire_bytes
+from scinjax.collectives import (
+    ALGORITHMS,
+    CallPolicy,
+    CallRule,
+    Collective,
+    all_gather,
+    allreduce,
+    reduce_scatter,
+)
+from scinjax.formats import (
+    CastFormat,
+    FpFormat,
+    IntFormat,
+    QArray,
+    dequantize,
+    quantize,
+    wire_bytes,
+)
 from scinjax.traffic import TrafficRecord, TrafficReport, algbw, busbw, count_traffic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "CallPolicy",
+    "CallRule",
     "CastFormat",
     "Collective",
+    "FpFormat",
     "IntFormat",
     "QArray",
     "TrafficRecord",
     "TrafficReport",
     "algbw",
+    "all_gather",
     "allreduce",
     "busbw",
     "collectives",
@@ -28,6 +48,7 @@ __all__ = [
     "dequantize",
     "formats",
     "quantize",
+    "reduce_scatter",
     "traffic",
     "wire_bytes",
 ]

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from scinjax.models import metrics as M
+
+from scinjax.apps.study import metrics as M
 
 LN3 = math.log(3.0)
 
@@ -72,7 +73,7 @@ def test_compare_logits():
 
 
 def test_pydoc_prose_is_prose():
-    from scinjax.models.study import pydoc_prose
+    from scinjax.apps.study import pydoc_prose
 
     text = pydoc_prose()
     paras = text.split("\n\n")
@@ -81,17 +82,74 @@ def test_pydoc_prose_is_prose():
     assert pydoc_prose() == text  # fixed order
 
 
-def test_token_windows():
-    from scinjax.models.study import token_windows
+def test_scoring_windows_second_half():
+    from scinjax.apps.study import scoring_windows
 
     ids = np.arange(100)
-    w = token_windows(ids, 3, 10)  # starts round(k * 90 / 2) = 0, 45, 90
-    np.testing.assert_array_equal(w[:, 0], [0, 45, 90])
-    np.testing.assert_array_equal(w[1], np.arange(45, 55))
-    assert w.dtype == np.int32 and w.shape == (3, 10)
-    np.testing.assert_array_equal(token_windows(ids, 1, 100)[0], ids)
-    with pytest.raises(ValueError, match="fewer than 4 windows x 30 tokens"):
-        token_windows(ids, 4, 30)
+    w = scoring_windows(ids, ctx=10)  # every whole window: 10 of them
+    assert w.ids.shape == (10, 10) and w.ids.dtype == np.int32 and w.first == 5
+    np.testing.assert_array_equal(w.ids[3], np.arange(30, 40))
+    # positions 5..8 predict tokens 6..9: 4 scored tokens per window, each with >= 6 of context
+    assert w.scored_per_window == 4 and w.scored_tokens == 40
+    # a budget of 9 scored tokens needs ceil(9 / 4) = 3 windows
+    assert scoring_windows(ids, ctx=10, tokens=9).ids.shape == (3, 10)
+    assert scoring_windows(ids, ctx=11, tokens=None).ids.shape == (9, 11)  # first = 5, 5 scored
+    # the budget is a cap: 100 / 14 -> 8 windows wanted, 3 whole windows of 30 available
+    assert scoring_windows(ids, ctx=30, tokens=100).ids.shape == (3, 30)
+    with pytest.raises(ValueError, match="fewer than one window of --ctx 101"):
+        scoring_windows(ids, ctx=101)
+    with pytest.raises(ValueError, match="--ctx must be >= 4"):
+        scoring_windows(ids, ctx=3)
+
+
+def test_read_text_file_errors(tmp_path):
+    from scinjax.apps.study import read_jsonl, read_text_file
+
+    good = tmp_path / "a.txt"
+    good.write_text("héllo wörld", encoding="utf-8")
+    assert read_text_file(good).text == "héllo wörld" and read_text_file(good).source == "a.txt"
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("héllo".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8"):
+        read_text_file(latin)
+    binary = tmp_path / "b.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError, match="looks binary"):
+        read_text_file(binary)
+    with pytest.raises(ValueError, match="no such file"):
+        read_text_file(tmp_path / "missing.txt")
+    lines = tmp_path / "d.jsonl"
+    lines.write_text('{"text": "one"}\n\n{"text": "two", "x": 1}\n', encoding="utf-8")
+    c = read_jsonl(lines)
+    assert c.text == "one\n\ntwo" and c.source == "d.jsonl:text"
+    with pytest.raises(ValueError, match="line 1 has no field 'body'"):
+        read_jsonl(lines, "body")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2"):
+        read_jsonl(bad)
+
+
+def test_short_text_is_refused_before_the_model_loads(monkeypatch):
+    from scinjax.apps.study import Corpus, run_study
+
+    def boom(*_a, **_k):
+        raise AssertionError("the model was loaded before the text was checked")
+
+    monkeypatch.setattr("scinjax.models.load_weights", boom)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        run_study(corpus=Corpus(text="too short", source="t"), ctx=64, tokens=1000)
+
+
+def test_variants_parse_dedupe_and_reference_first():
+    from scinjax import CallPolicy, Collective
+    from scinjax.apps.study import parse_variants
+
+    vs = parse_variants(["scin:int8", Collective.parse("scin:int8"), "exact", "scin@mlp_out"])
+    assert [v.name for v in vs] == ["exact", "scin:int8", "scin@mlp_out"]
+    assert isinstance(vs[2].spec, CallPolicy)
+    with pytest.raises(ValueError, match="variant 'warp:int8'"):
+        parse_variants(["warp:int8"])
 
 
 # ------------------------------------------------------------- tiny end-to-end run
@@ -108,27 +166,40 @@ def tiny_gguf_path(tmp_path_factory):
     return str(path)
 
 
-TINY_ARGS = ["--tp", "2", "--windows", "3", "--window-len", "16", "--batch", "2"]
+TINY_ARGS = ["--tp", "2", "--ctx", "16", "--tokens", "21", "--batch", "2"]
 TINY_ARGS += ["--prompts", "2", "--prompt-len", "4", "--gen-tokens", "3", "--quiet"]
+STABLE_KEYS = (
+    "ppl_ratio ppl_ratio_se ln_ppl_ratio ln_ppl_ratio_se kl_mean kl_mean_se kl_max kl_p999 "
+    "kl_p99 kl_p95 kl_p90 kl_p50 kl_p10 kl_p05 kl_p01 kl_p001 top1 top1_se rms_dp"
+).split()
 
 
 def test_tiny_study_end_to_end(tiny_gguf_path, tmp_path, capsys):
-    from scinjax.models.study import main
+    from scinjax.cli.study import main
 
     out = tmp_path / "out"
     variants = ["scin,scin:int8", "scin:bf16/int8"]  # exact is added as the reference
     rc = main(["--model", tiny_gguf_path, "--variants", *variants, "--out", str(out), *TINY_ARGS])
     assert rc == 0
     table = capsys.readouterr().out
-    assert "scin:int8" in table and "ppl" in table and "wrote" in table
+    assert "scin:int8" in table and "PPL ratio" in table and "±" in table and "p99.9" in table
 
     result = json.loads((out / "study.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     assert list(rows) == ["exact", "scin", "scin:int8", "scin:bf16/int8"]
     s = result["settings"]
-    assert s["tp"] == 2 and s["scored_tokens"] == 3 * 15 and s["reference"] == "exact"
+    # ctx 16: positions 8..14 scored = 7 per window; a budget of 21 -> 3 windows
+    assert s["tp"] == 2 and s["scored_tokens"] == 21 and s["windows"] == 3
+    assert s["reference"] == "exact" and s["ctx"] == 16
+    assert {"jax", "jaxlib", "flax", "numpy", "scinjax", "python"} <= set(result["versions"])
+    for r in rows.values():
+        assert set(STABLE_KEYS) <= set(r)
+        assert r["tokens"] == 21 and r["windows"] == 3
+        pct = [r[f"kl_{k}"] for k in ("p001", "p01", "p05", "p10", "p50", "p90", "p95", "p99")]
+        assert pct == sorted(pct) and r["kl_p999"] <= r["kl_max"]
     ex = rows["exact"]
-    assert ex["kl_mean"] == 0 and ex["kl_max"] == 0 and ex["top1"] == 1 and ex["dppl_pct"] == 0
+    assert ex["kl_mean"] == 0 and ex["kl_max"] == 0 and ex["top1"] == 1 and ex["ppl_ratio"] == 1
+    assert ex["kl_mean_se"] == 0 and ex["ln_ppl_ratio"] == 0 and ex["rms_dp"] == 0
     assert ex["max_dlogit"] == 0 and ex["gen_agree_mean"] == 3
     # Bytes per element, closed form for N=2, D=64, the scin ledger (spec bytes):
     # exact: float32 partials, 4 B; bf16: 2 B; int8: 1 B + a float16 scale per 32 = 1.0625 B.
@@ -145,28 +216,50 @@ def test_tiny_study_end_to_end(tiny_gguf_path, tmp_path, capsys):
         assert r["kl_mean"] >= 0 and r["kl_max"] >= r["kl_mean"] and 0 <= r["top1"] <= 1
         assert 0 <= r["gen_agree_min"] <= r["gen_agree_mean"] <= 3
         assert r["ppl"] > 1
-    assert r8["kl_mean"] > 0  # quantization is visible
+        # the ln ratio and the ratio are one statistic: ratio = exp(ln ratio)
+        assert r["ppl_ratio"] == pytest.approx(math.exp(r["ln_ppl_ratio"]), rel=1e-12)
+    assert r8["kl_mean"] > 0 and r8["kl_mean_se"] > 0  # quantization is visible
 
     with open(out / "study.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["variant"] for r in csv_rows] == list(rows)
     assert float(csv_rows[2]["kl_mean"]) == pytest.approx(r8["kl_mean"])
+    kl = np.load(out / "study_kl.npz")
+    assert kl["scin:int8"].dtype == np.float32 and kl["scin:int8"].shape == (21,)
+    assert np.mean(kl["scin:int8"], dtype=np.float64) == pytest.approx(r8["kl_mean"], rel=1e-6)
     png = (out / "study.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_study_text_file_and_errors(tiny_gguf_path, tmp_path, capsys):
-    from scinjax.models.study import main
+def test_study_text_file_seeds_and_errors(tiny_gguf_path, tmp_path, capsys):
+    from scinjax.cli.study import main
 
     text = tmp_path / "text.txt"
     text.write_text("the cat sat on the mat. " * 40)
     out = tmp_path / "o"
-    args = ["--model", tiny_gguf_path, "--variants", "exact", "--out", str(out), "--no-plot"]
-    assert main([*args, "--text", str(text), *TINY_ARGS]) == 0
+    args = ["--model", tiny_gguf_path, "--out", str(out), "--no-plot"]
+    stoch = "scin:int8-b32-float16-stochastic"
+    assert (
+        main([*args, "--variants", stoch, "--seeds", "1,2", "--text", str(text), *TINY_ARGS]) == 0
+    )
     result = json.loads((out / "study.json").read_text())
     assert result["settings"]["text"] == "text.txt" and not (out / "study.png").exists()
+    assert [(r["variant"], r["seed"]) for r in result["rows"]] == [
+        ("exact", None),
+        (stoch, 1),
+        (stoch, 2),
+    ]
+    spread = result["seed_spread"][stoch]["kl_mean"]
+    assert spread["seeds"] == [1, 2] and spread["sd"] > 0  # two seeds, two noise draws
     capsys.readouterr()
-    assert main([*args, "--text", str(text), *TINY_ARGS, "--windows", "100"]) == 2
-    assert "fewer than 100 windows x 16 tokens" in capsys.readouterr().err
+    assert main([*args, "--text", str(text), *TINY_ARGS, "--ctx", "5000"]) == 2
+    assert "fewer than one window" in capsys.readouterr().err
     assert main([*args, "--text", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
     assert main([*args, "--variants", "warp:int8"]) == 2
+    assert "unknown algorithm 'warp'" in capsys.readouterr().err
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(bytes(range(256)))
+    assert main([*args, "--text", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "binary" in err  # one line, no traceback
