@@ -25,6 +25,7 @@ __all__ = [
     "load",
     "load_weights",
     "make_plan",
+    "resolve_config",
     "model_traffic",
     "random_weights",
     "validate_weights",
@@ -34,8 +35,8 @@ __all__ = [
 
 def __getattr__(name):
     # The loaders pull in gguf/tokenizers; import them only when asked for.
-    if name == "load_weights":
-        from .loaders import load_weights
+    if name in ("load_weights", "resolve_config"):
+        from . import loaders
 
-        return load_weights
+        return getattr(loaders, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

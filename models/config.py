@@ -204,6 +204,14 @@ class LlamaConfig:
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
 
+_LLAMA31_ROPE = RopeScaling(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position=8192,
+)
+
 _PRESETS: dict[str, LlamaConfig] = {
     "smollm2-135m": LlamaConfig(
         vocab_size=49152,
@@ -250,6 +258,74 @@ _PRESETS: dict[str, LlamaConfig] = {
         rms_norm_eps=1e-5,
         max_position=4096,
         name="llama2-70b",
+    ),
+    # Llama-3.1 (config.json of meta-llama/Llama-3.1-8B / -70B): GQA 8 KV heads, llama3 rope.
+    "llama3-8b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position=131072,
+        rope_scaling=_LLAMA31_ROPE,
+        name="llama3-8b",
+    ),
+    "llama3-70b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position=131072,
+        rope_scaling=_LLAMA31_ROPE,
+        name="llama3-70b",
+    ),
+    # Qwen/Qwen2.5-7B and -72B: Q/K/V biases, 28/4 and 64/8 heads.
+    "qwen2.5-7b": LlamaConfig(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position=131072,
+        qkv_bias=True,
+        name="qwen2.5-7b",
+    ),
+    "qwen2.5-72b": LlamaConfig(
+        vocab_size=152064,
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position=131072,
+        qkv_bias=True,
+        name="qwen2.5-72b",
+    ),
+    # mistralai/Mistral-7B-v0.1: GQA 8 KV heads, 4096-token sliding window.
+    "mistral-7b": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position=32768,
+        sliding_window=4096,
+        name="mistral-7b",
     ),
     # Test configs: small enough for CPU, shaped to exercise the awkward cases.
     "tiny": LlamaConfig(

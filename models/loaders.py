@@ -15,6 +15,7 @@ Hugging Face rotary layout; see ``docs/loaders_and_study.md``). Nothing is downl
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -24,6 +25,7 @@ from .weights import validate_weights
 
 __all__ = [
     "load_weights",
+    "resolve_config",
     "smollm2_gguf_path",
     "ENV_VAR",
     "SMOLLM2_NAME",
@@ -94,3 +96,74 @@ def load_weights(name_or_path: str | os.PathLike | None = None):
     if not_f32:
         raise ValueError(f"{path}: loader bug, weights not float32: {not_f32[:5]}")
     return config, weights, tok
+
+
+def _config_from_json(path: str):
+    """A LlamaConfig from a JSON file: HF ``config.json`` (has ``model_type``) or LlamaConfig
+    fields (``rope_scaling`` as an object of RopeScaling fields)."""
+    import json
+
+    from .config import LlamaConfig, RopeScaling
+    from .hf_loader import config_from_hf
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of LlamaConfig fields")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if "model_type" in raw:
+        return config_from_hf(raw, name=name, source=path)
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown LlamaConfig fields {unknown}; valid fields: {sorted(fields)}"
+        )
+    kw = dict(raw)
+    if isinstance(kw.get("rope_scaling"), dict):
+        rs = dict(kw["rope_scaling"])
+        if rs.get("freq_factors") is not None:
+            rs["freq_factors"] = tuple(rs["freq_factors"])
+        try:
+            kw["rope_scaling"] = RopeScaling(**rs)
+        except TypeError as e:
+            raise ValueError(f"{path}: rope_scaling: {e}") from None
+    kw.setdefault("name", name)
+    try:
+        return LlamaConfig(**kw)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def resolve_config(spec):
+    """A ``LlamaConfig`` from a spec, reading no weights.
+
+    ``spec``: a ``LlamaConfig`` (returned as is); a preset name (``config_names()``);
+    a GGUF file (shapes from its metadata and tensor headers); a Hugging Face folder
+    (its ``config.json``); or a ``.json`` file holding either an HF ``config.json``
+    or ``LlamaConfig`` fields.
+    """
+    from .config import LlamaConfig, config_names, get_config
+    from .gguf_loader import read_gguf_config
+    from .hf_loader import read_config
+
+    if isinstance(spec, LlamaConfig):
+        return spec
+    if not isinstance(spec, str | os.PathLike):
+        raise TypeError(f"model spec must be a str, path or LlamaConfig, got {type(spec).__name__}")
+    path = os.fspath(spec)
+    if path in config_names():
+        return get_config(path)
+    if os.path.isdir(path):
+        return read_config(path)[0]
+    if os.path.isfile(path):
+        if path.lower().endswith(".json"):
+            return _config_from_json(path)
+        return read_gguf_config(path)
+    raise ValueError(
+        f"unknown model {path!r}: give a preset ({', '.join(config_names())}), a GGUF file, "
+        "a Hugging Face folder, or a JSON file of LlamaConfig fields"
+    )

@@ -169,3 +169,124 @@ def test_bad_config_raises(kw, match):
 def test_bad_rope_scaling_raises(kw, match):
     with pytest.raises(ValueError, match=match):
         RopeScaling(**kw)
+
+
+# ---------------------------------------------------------- presets, resolve_config
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [  # parameter counts as the model cards publish them (embedding + head counted)
+        ("llama3-8b", 8_030_261_248),
+        ("llama3-70b", 70_553_706_496),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("qwen2.5-72b", 72_706_203_648),
+        ("mistral-7b", 7_241_732_096),
+    ],
+)
+def test_presets_match_published_sizes(name, params):
+    from scinjax.models import get_config
+
+    assert get_config(name).num_params() == params
+
+
+def test_resolve_config_every_spec(tmp_path):
+    import json
+
+    import tiny_gguf as tg
+    from scinjax.models import get_config, resolve_config
+
+    assert resolve_config("qwen2.5-7b") == get_config("qwen2.5-7b")
+    config = tg.tiny_config(rope_theta=500.0, rope_scaling=LLAMA3, qkv_bias=False)
+    w = random_weights(config, seed=0)
+    tg.write_gguf(tmp_path / "m.gguf", config.replace(rope_scaling=FREQS), w)
+    assert resolve_config(tmp_path / "m.gguf") == config.replace(rope_scaling=FREQS, name="m")
+    tg.write_hf_folder(tmp_path / "hf", config, w, rope_layout="v5", with_tokenizer=False)
+    assert resolve_config(str(tmp_path / "hf")) == config.replace(name="hf")
+    assert resolve_config(str(tmp_path / "hf" / "config.json")) == config.replace(name="config")
+    fields = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "sliding_window": 8,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+    }
+    (tmp_path / "mine.json").write_text(json.dumps(fields))
+    got = resolve_config(str(tmp_path / "mine.json"))
+    assert got.sliding_window == 8 and got.rope_scaling == RopeScaling(
+        rope_type="linear", factor=2.0
+    )
+    assert got.name == "mine" and got.head_dim == 16
+    (tmp_path / "bad.json").write_text(json.dumps(fields | {"num_layer": 3}))
+    with pytest.raises(ValueError, match="unknown LlamaConfig fields \\['num_layer'\\]"):
+        resolve_config(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.json").write_text(json.dumps(fields | {"num_kv_heads": 3}))
+    with pytest.raises(ValueError, match="bad.json: LlamaConfig: num_heads=4 must be a multiple"):
+        resolve_config(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="unknown model 'llama9'"):
+        resolve_config("llama9")
+
+
+def test_traffic_and_e2e_cli_accept_any_spec(tmp_path, capsys):
+    """`scinjax traffic --model` and `scinjax e2e --models` take presets, GGUF/HF paths and
+    LlamaConfig JSON; ring bytes follow the closed form 2 (N-1)/N * elements * 2 B per call."""
+    import json
+
+    import tiny_gguf as tg
+
+    from scinjax.cli.e2e import main as e2e_main
+    from scinjax.cli.traffic import main as traffic_main
+
+    config = tg.tiny_config(qkv_bias=True, num_heads=8, num_kv_heads=2, head_dim=8)
+    tg.write_gguf(tmp_path / "q.gguf", config, random_weights(config), arch="qwen2")
+    tg.write_hf_folder(
+        tmp_path / "hf",
+        config.replace(qkv_bias=False),
+        {},
+        with_tokenizer=False,
+        write_weights=False,
+    )
+    (tmp_path / "c.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": 50,
+                "hidden_size": 64,
+                "intermediate_size": 96,
+                "num_layers": 3,
+                "num_heads": 4,
+                "num_kv_heads": 4,
+            }
+        )
+    )
+    for spec, layers in (
+        ("qwen2.5-7b", 28),
+        (tmp_path / "q.gguf", 2),
+        (tmp_path / "hf", 2),
+        (tmp_path / "c.json", 3),
+    ):
+        out = tmp_path / "t.json"
+        argv = ["--model", str(spec), "--tp", "4", "--prefill", "8", "--collectives", "ring"]
+        assert traffic_main(argv + ["--json", str(out)]) == 0
+        ring = json.loads(out.read_text())["results"][0]
+        hidden = 3584 if spec == "qwen2.5-7b" else 64
+        assert ring["per_layer"]["up"] == [2 * 2 * 3 * 8 * hidden // 4 * 2] * 4
+        assert ring["per_forward"]["up"] == [2 * 2 * 3 * 8 * hidden // 4 * 2 * layers] * 4
+    assert traffic_main(["--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    argv = [
+        "--models",
+        f"mistral-7b,{tmp_path / 'c.json'}",
+        "--prefill",
+        "128",
+        "--decode-batch",
+        "1",
+        "--no-plot",
+        "--out",
+        str(tmp_path / "e2e"),
+    ]
+    assert e2e_main(argv) == 0
+    models = json.loads((tmp_path / "e2e" / "e2e.json").read_text())["models"]
+    assert set(models) == {"mistral-7b", str(tmp_path / "c.json")}

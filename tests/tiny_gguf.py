@@ -215,6 +215,7 @@ def write_hf_folder(
     with_tokenizer=True,
     model_type: str = "llama",
     rope_layout: str = "v4",
+    write_weights: bool = True,
 ):
     """A Hugging Face folder: config.json, model.safetensors (``dtype``), tokenizer.json.
 
@@ -257,6 +258,8 @@ def write_hf_folder(
         "w_up": "mlp.up_proj",
         "w_down": "mlp.down_proj",
     }
+    if not write_weights:
+        return cfg
     t = {
         "model.embed_tokens.weight": weights["embed"],
         "model.norm.weight": weights["final_norm"],

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scinjax.apps.timing import SOFTWARE, with_scin_efficiency
 from scinjax.collectives import Collective
-from scinjax.models import get_config, model_traffic
+from scinjax.models import model_traffic, resolve_config
 from scinjax.timing import FabricProfile, get_profile, load_published, report_time
 from scinjax.traffic import TrafficReport, collective_record
 
@@ -212,7 +212,7 @@ def run(
     algorithms = tuple(algorithms)
     out = {"models": {}}
     for name in models:
-        cfg = get_config(name)
+        cfg = resolve_config(name)  # preset, GGUF/HF path or JSON (no weights read)
         res = {"ttft": {}, "tpot": {}}
         points = [("ttft", n, prefill_batch, n, n) for n in prefill]
         points += [("tpot", b, b, 1, context + 1) for b in decode_batches]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from scinjax.models import get_config, model_traffic
+from scinjax.models import model_traffic, resolve_config
 
 __all__ = ["DEFAULT_COLLECTIVES", "report", "traffic_rows"]
 
@@ -87,7 +87,11 @@ def _table(rows: list[dict]) -> str:
 
 def report(args) -> int:
     """Count, print and optionally write JSON; ``args`` as parsed by the CLI."""
-    config = get_config(args.model)
+    try:
+        config = resolve_config(args.model)  # preset, GGUF/HF path or JSON (no weights read)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"scinjax traffic: {err}", file=sys.stderr)
+        return 2
     tokens = 1 if args.decode else (2048 if args.prefill is None else args.prefill)
     collectives = [s.strip() for s in args.collectives.split(",") if s.strip()]
     try:

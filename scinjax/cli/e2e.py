@@ -12,7 +12,11 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scinjax e2e", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="llama2-7b,llama2-13b,llama2-70b")
+    ap.add_argument(
+        "--models",
+        default="llama2-7b,llama2-13b,llama2-70b",
+        help="comma-separated presets, GGUF files, Hugging Face folders or LlamaConfig JSON files",
+    )
     ap.add_argument("--fabric", default="h200-nvswitch-8", choices=profile_names())
     ap.add_argument("--tp", type=int, default=8)
     ap.add_argument("--prefill", default="128..8192", help="prompt lengths, e.g. 128..8192")

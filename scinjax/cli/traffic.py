@@ -16,7 +16,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Bytes per link of the tensor-parallel All-Reduces of one forward pass "
         "(abstract evaluation: nothing is allocated).",
     )
-    p.add_argument("--model", default="llama2-70b", choices=config_names(), help="model config")
+    p.add_argument(
+        "--model",
+        default="llama2-70b",
+        help=f"preset ({', '.join(config_names())}), a GGUF file or Hugging Face folder "
+        "(shapes from metadata, no weights read), or a JSON file of LlamaConfig fields",
+    )
     p.add_argument("--tp", type=int, default=8, help="tensor-parallel ranks N (default 8)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--prefill", type=int, metavar="T", help="prefill of a T-token prompt")
