@@ -7,6 +7,7 @@ Each case runs in a fresh interpreter that first selects the ``pdf`` backend.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -65,3 +66,24 @@ def test_plot_helper_keeps_the_backend(case, tmp_path):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "backend ok" in proc.stdout, proc.stderr[-3000:]
+
+
+LIBRARY_DIRS = ("scinjax", "models", "benchmarks")
+BACKEND_SWITCH = re.compile(
+    r"matplotlib\.use\(|import\s+matplotlib\.pyplot|from\s+matplotlib\s+import\s+pyplot"
+    r"|matplotlib\.pyplot\b|\bplt\.(?:subplots|figure|switch_backend)\("
+)
+
+
+def test_no_library_module_imports_pyplot_or_picks_a_backend():
+    """Every plotting helper, also those the cases above do not run (study, train, moe)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in LIBRARY_DIRS
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if BACKEND_SWITCH.search(line.split("#", 1)[0])
+    ]
+    assert not offenders, f"library code must draw on matplotlib.figure.Figure: {offenders}"
+    assert BACKEND_SWITCH.search('matplotlib.use("Agg")')
+    assert BACKEND_SWITCH.search("import matplotlib.pyplot as plt")
