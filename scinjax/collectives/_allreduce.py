@@ -16,6 +16,7 @@ from jax import lax
 from scinjax.collectives._config import Collective, int_block_size
 from scinjax.collectives._marker import CallSpec, marker_name
 from scinjax.collectives._partition import block_runs, chunk_sizes
+from scinjax.collectives._peers import PEER_ALGORITHMS, check_peer_input, peer_allreduce
 from scinjax.collectives._reduce import add, ordered_sum, round_acc
 from scinjax.formats import dequantize, quantize, to_f32
 from scinjax.formats._f32 import check_float_input
@@ -85,6 +86,8 @@ def allreduce(
     out = []
     for index, (path, leaf) in enumerate(paths_leaves):
         check_float_input(leaf, "allreduce")
+        if coll.algorithm in PEER_ALGORITHMS:
+            check_peer_input(coll.algorithm, leaf)
         name = label if not path else f"{label or ''}{jax.tree_util.keystr(path)}"
         spec = CallSpec(
             algorithm=coll.algorithm,
@@ -128,6 +131,8 @@ def _emulate(x, spec: CallSpec, axis_name, key):
     n = spec.n_ranks
     if n == 1:
         return x
+    if spec.algorithm in PEER_ALGORITHMS:
+        return peer_allreduce(x, axis_name, n, spec.algorithm)
     if spec.algorithm == "ring":
         return _ring(x, axis_name, n, spec.accumulate)
     rank = lax.axis_index(axis_name)

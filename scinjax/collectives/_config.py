@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from scinjax.collectives._peers import PEER_ALGORITHMS
 from scinjax.formats import Format, IntFormat, get
 
 __all__ = ["ALGORITHMS", "ORDERS", "ACCUMULATE_DTYPES", "Collective", "int_block_size"]
@@ -34,10 +35,15 @@ class Collective:
     accumulate: str = "float32"
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; use one of {ALGORITHMS}")
+        if self.algorithm not in ALGORITHMS + PEER_ALGORITHMS:
+            raise ValueError(
+                f"unknown algorithm {self.algorithm!r}; use one of {ALGORITHMS} or a peer "
+                f"scheme {PEER_ALGORITHMS}"
+            )
         object.__setattr__(self, "uplink", _link(self.uplink))
         object.__setattr__(self, "downlink", _link(self.downlink))
+        if self.algorithm in PEER_ALGORITHMS:
+            _check_peer(self)
         if self.quantized and self.algorithm not in _QUANTIZING:
             raise ValueError(
                 f"algorithm {self.algorithm!r} moves the input dtype only; link formats "
@@ -137,6 +143,21 @@ class Collective:
         from scinjax.collectives._allreduce import allreduce
 
         return allreduce(x, axis_name, self, key=key, label=label)
+
+
+def _check_peer(c: Collective) -> None:
+    """Peer schemes (spec/peers.md) fix their own wire format, order and adder."""
+    if c.quantized:
+        raise ValueError(
+            f"{c.algorithm!r} has its own wire format (spec/peers.md); drop the link formats "
+            f"(uplink={c.uplink}, downlink={c.downlink}), e.g. Collective.parse({c.algorithm!r})"
+        )
+    if (c.order, c.accumulate) != ("rank", "float32"):
+        raise ValueError(
+            f"{c.algorithm!r} fixes its own reduction order and adder (spec/peers.md); "
+            f"leave order='rank' and accumulate='float32', got order={c.order!r}, "
+            f"accumulate={c.accumulate!r}"
+        )
 
 
 def int_block_size(uplink: Format | None, downlink: Format | None) -> int | None:

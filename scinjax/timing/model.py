@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scinjax.collectives import Collective
+from scinjax.collectives import PEER_ALGORITHMS, Collective
 from scinjax.formats import CastFormat
 from scinjax.timing.profile import FabricProfile, get_profile
 from scinjax.traffic import TrafficRecord, TrafficReport, collective_record
@@ -108,6 +108,8 @@ def steps(record: TrafficRecord) -> Steps:
     n_ranks, n, alg = record.n_ranks, record.elements, record.algorithm
     up_q = _converts(record.uplink, record.dtype)
     down_q = _converts(record.downlink, record.dtype)
+    if alg in PEER_ALGORITHMS:  # spec/peers.md: a quantized two_shot with the ledger's bytes
+        alg, up_q, down_q = "two_shot", True, True
     if alg == "ring":
         k = 2 * (n_ranks - 1)
         return Steps(
@@ -187,7 +189,8 @@ def record_breakdown(record: TrafficRecord, profile: FabricProfile | str) -> Tim
             link_time=0.0,
             bottleneck="none",
         )
-    rate = p.link_bw * p.efficiency[alg]
+    fabric = "two_shot" if alg in PEER_ALGORITHMS else alg  # peers time as two_shot
+    rate = p.link_bw * p.efficiency[fabric]
     link_time = link_bytes / rate
     streams = {"link": link_time}
     if st.switch_reduces:
@@ -204,11 +207,11 @@ def record_breakdown(record: TrafficRecord, profile: FabricProfile | str) -> Tim
         serial = sum(gpu_times)
     bottleneck = max(streams, key=streams.get)
     fill = (stages - 1) * min(p.chunk_bytes, link_bytes) / rate
-    launch = p.graph_launch_overhead if p.cuda_graphs else p.launch_overhead + p.eager_overhead[alg]
+    launch = p.graph_launch_overhead if p.cuda_graphs else p.launch_overhead + p.eager_overhead[fabric]
     latency = (
         launch
         + st.hops * p.hop_latency
-        + st.syncs * p.sync_overhead[alg]
+        + st.syncs * p.sync_overhead[fabric]
         + st.switch_reduces * p.switch_reduce_latency
         + len(st.switch_quant) * p.switch_quant_latency
         + len(st.gpu_quant) * p.gpu_quant_latency

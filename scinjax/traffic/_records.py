@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from scinjax.collectives import Collective, block_runs, chunk_sizes
 from scinjax.collectives._config import int_block_size
+from scinjax.collectives._peers import PEER_ALGORITHMS, peer_link_bytes
 from scinjax.formats import CastFormat, Format
 from scinjax.formats._f32 import INPUT_DTYPES
 
@@ -125,6 +126,8 @@ def _per_link(algorithm, ranks, shape, b, uplink, downlink):
     if ranks == 1:
         zero = (0,)
         return zero, zero, zero, zero
+    if algorithm in PEER_ALGORITHMS:  # each scheme's own layout (spec/peers.md)
+        return peer_link_bytes(algorithm, ranks, n)
     s = chunk_sizes(n, ranks)
     if algorithm == "ring":
         return _link_pairs(
