@@ -13,10 +13,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from scinjax import Collective
+from scinjax import CallPolicy, Collective
+from scinjax.collectives import parse_collective_or_policy
 
 from .config import LlamaConfig
-from .llama import AXIS_NAME, Llama, Reducer
+from .llama import AXIS_NAME, Llama, Reducer, layer_runs, split_layer_params
 from .tp import PER_RANK_AXES, TPPlan, check_ranks, make_plan
 
 __all__ = ["MODES", "DTYPES", "LoadedModel", "build_model", "load", "make_module"]
@@ -37,10 +38,10 @@ def _settings(tp, collective, wire_dtype, compute_dtype, mode):
     check_ranks(tp)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-    coll = Collective.parse(collective)
+    coll = parse_collective_or_policy(collective)
     wire = _check_dtype("wire_dtype", wire_dtype)
     compute = _check_dtype("compute_dtype", compute_dtype)
-    if coll.algorithm == "exact":
+    if isinstance(coll, Collective) and coll.algorithm == "exact":
         wire = compute
     return coll, wire, compute
 
@@ -49,7 +50,7 @@ def make_module(
     config: LlamaConfig,
     *,
     tp: int = 1,
-    collective: str | Collective = "exact",
+    collective: str | Collective | CallPolicy = "exact",
     wire_dtype: str = "bfloat16",
     compute_dtype: str = "float32",
     mode: str = "vmap",
@@ -134,7 +135,7 @@ class LoadedModel:
         )
 
     def with_collective(
-        self, collective: str | Collective, *, wire_dtype: str = "bfloat16"
+        self, collective: str | Collective | CallPolicy, *, wire_dtype: str = "bfloat16"
     ) -> LoadedModel:
         """The same model on the same ranks with another All-Reduce; params are shared.
 
@@ -175,15 +176,17 @@ class LoadedModel:
     def _run(self, params, tokens, key, cache=None, start=0):
         """tokens [B, T] -> logits [B, T, V] (and the cache when one is given)."""
         module = self.module
+        runs = layer_runs(module.reducer, self.config.num_layers)
+        apply = lambda p, *args: module.apply(split_layer_params(p, runs), *args)  # noqa: E731
         if self.tp == 1 or self.mode == "vmap":
-            return module.apply(params, tokens, key, cache, start)
+            return apply(params, tokens, key, cache, start)
         axes = _rank_axes(params)
         cache_axis = 3  # cache [L, B, C, N*Kh, hd]: ranks' kv heads side by side
         if self.mode == "shard_map":
             cache_spec = None if cache is None else (_spec(cache_axis),) * 2
             out_specs = P() if cache is None else (P(), cache_spec)
             body = jax.shard_map(
-                lambda p, t, k, c, s: module.apply(p, t, k, c, s),
+                lambda p, t, k, c, s: apply(p, t, k, c, s),
                 mesh=self.mesh,
                 in_specs=(_specs(axes), P(), P(), cache_spec, P()),
                 out_specs=out_specs,
@@ -197,7 +200,7 @@ class LoadedModel:
         if cache is not None:
             cache = jax.tree.map(lambda a: _split_axis(a, cache_axis, n), cache)
         fn = jax.vmap(
-            lambda p, c: module.apply(p, tokens, key, c, start),
+            lambda p, c: apply(p, tokens, key, c, start),
             in_axes=(axes, None if cache is None else cache_axis),
             out_axes=0 if cache is None else (0, cache_axis),
             axis_name=AXIS_NAME,
@@ -309,12 +312,14 @@ def build_model(
     weights,
     *,
     tp: int = 1,
-    collective: str | Collective = "exact",
+    collective: str | Collective | CallPolicy = "exact",
     wire_dtype: str = "bfloat16",
     compute_dtype: str = "float32",
     mode: str = "vmap",
     mesh: Mesh | None = None,
     tokenizer=None,
+    weights_dtype: str | None = None,
+    consume_weights: bool = False,
 ) -> LoadedModel:
     """A `LoadedModel` from canonical `weights` (see `models.weights`).
 
@@ -334,6 +339,12 @@ def build_model(
       mesh: for "shard_map": a Mesh with an axis "tp" of size `tp` (default:
         the first `tp` devices).
       tokenizer: passed through to `.tokenizer`.
+      weights_dtype: dtype the params are stored in (default: `compute_dtype`);
+        "bfloat16"/"float16" halve their memory, matmuls with float32
+        activations still accumulate in float32.
+      consume_weights: delete each array from `weights` once it is on the
+        device (the dict ends empty): peak memory about the final params plus
+        one stacked leaf instead of two full copies.
     """
     if not isinstance(config, LlamaConfig):
         raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
@@ -345,11 +356,9 @@ def build_model(
         compute_dtype=compute_dtype,
         mode=mode,
     )
-    dtype = jnp.dtype(module.reducer.compute_dtype)
-    if tp == 1 or mode == "vmap":
-        params = jax.tree.map(jnp.asarray, plan.batched_params(weights, dtype))
-    else:
-        params = jax.tree.map(jnp.asarray, plan.rank_params(weights, dtype))
+    dtype = jnp.dtype(_check_dtype("weights_dtype", weights_dtype or module.reducer.compute_dtype))
+    view = "batched" if tp == 1 or mode == "vmap" else "global"
+    params = plan.params(weights, view, dtype, put=jnp.asarray, consume=consume_weights)
     if mode == "shard_map" and tp > 1:
         if mesh is None:
             devices = jax.devices()
@@ -372,21 +381,25 @@ def load(
     name_or_path: str | None = "smollm2-135m",
     *,
     tp: int = 1,
-    collective: str | Collective = "exact",
+    collective: str | Collective | CallPolicy = "exact",
     wire_dtype: str = "bfloat16",
     compute_dtype: str = "float32",
     mode: str = "vmap",
+    weights_dtype: str | None = None,
 ) -> LoadedModel:
     """Load real weights (GGUF file, Hugging Face folder, or "smollm2-135m") onto `tp` ranks.
 
     See `models.loaders.load_weights` for what `name_or_path` may be and
     `build_model` for the other arguments. The tp/collective/dtype settings
-    are checked before any file is read.
+    are checked before any file is read. Tensors are read, converted to
+    `weights_dtype` (default: `compute_dtype`) and moved to the device one at
+    a time (peak memory about 1.3x the final params; benchmarks/load_memory.py).
     """
     _settings(tp, collective, wire_dtype, compute_dtype, mode)  # fail before reading files
+    wdtype = _check_dtype("weights_dtype", weights_dtype or compute_dtype)
     from .loaders import load_weights
 
-    config, weights, tokenizer = load_weights(name_or_path)
+    config, weights, tokenizer = load_weights(name_or_path, dtype=wdtype)
     return build_model(
         config,
         weights,
@@ -396,4 +409,6 @@ def load(
         compute_dtype=compute_dtype,
         mode=mode,
         tokenizer=tokenizer,
+        weights_dtype=wdtype,
+        consume_weights=True,
     )

@@ -20,15 +20,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scinjax import Collective
+from scinjax import CallPolicy, Collective, allreduce
 
 from .config import LlamaConfig
 from .layers import apply_rope, causal_attention, rms_norm, rope_tables, swiglu, to_slots
 from .tp import Layout
 
-__all__ = ["AXIS_NAME", "Reducer", "Block", "Llama"]
+__all__ = [
+    "AXIS_NAME",
+    "CALL_SITES",
+    "Reducer",
+    "Block",
+    "Llama",
+    "layer_runs",
+    "split_layer_params",
+]
 
 AXIS_NAME = "tp"
+CALL_SITES = ("attn_out", "mlp_out")  # labels of the two All-Reduces of a layer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,22 +45,36 @@ class Reducer:
     """Turns per-rank partial sums [R, M, D] into their All-Reduce [M, D].
 
     Attributes:
-      collective: the All-Reduce of both projections of every layer.
+      collective: the All-Reduce of both projections of every layer, or a
+        `CallPolicy` choosing one per call site (label, layer).
       wire_dtype: dtype the partials are cast to before the All-Reduce (what a
-        GPU holds); the result is cast back to `compute_dtype`.
+        GPU holds); the result is cast back to `compute_dtype`. Call sites
+        whose collective is "exact" keep the partials in `compute_dtype`.
       compute_dtype: dtype of the residual stream.
       batched: True when this program holds all N ranks (R = N) and emulates
         them with `jax.vmap(axis_name=axis_name)`; False when `axis_name` is
         already bound by the caller (`shard_map`, or a vmap of the per-rank
         program) and R = 1.
       axis_name: the rank axis.
+      first_layer: the first layer of the run of layers this reducer serves
+        (a policy's layer selectors are resolved with it; `Llama` splits the
+        layers into runs on which the policy is constant).
     """
 
-    collective: Collective
+    collective: Collective | CallPolicy
     wire_dtype: str = "bfloat16"
     compute_dtype: str = "float32"
     batched: bool = True
     axis_name: str = AXIS_NAME
+    first_layer: int | None = None
+
+    def pick(self, label: str, layer: int | None = None) -> Collective:
+        """The collective of call site `label` (at `layer`, default `first_layer`)."""
+        if isinstance(self.collective, CallPolicy):
+            return self.collective.collective_for(
+                label, self.first_layer if layer is None else layer
+            )
+        return self.collective
 
     def __call__(self, partials: jax.Array, *, label: str, key=None) -> jax.Array:
         """[R, M, D] partial sums -> [M, D] in `compute_dtype`.
@@ -61,16 +84,41 @@ class Reducer:
         """
         if self.batched and partials.shape[0] == 1:
             return partials[0].astype(self.compute_dtype)
-        wire = partials.astype(self.wire_dtype)
+        collective = self.pick(label)
+        exact = collective.algorithm == "exact"
+        wire = partials.astype(self.compute_dtype if exact else self.wire_dtype)
 
         def one_rank(p):  # [M, D] of one rank -> [M, D], identical on every rank
-            return self.collective(p, self.axis_name, key=key, label=label)
+            return collective(p, self.axis_name, key=key, label=label)
 
         if self.batched:
             out = jax.vmap(one_rank, axis_name=self.axis_name)(wire)[0]  # rows are equal
         else:
             out = one_rank(wire[0])
         return out.astype(self.compute_dtype)
+
+
+def layer_runs(reducer: Reducer, num_layers: int, labels=CALL_SITES) -> tuple[tuple[int, int], ...]:
+    """(first layer, count) of each run of consecutive layers whose call sites get the same
+    collectives; one run of every layer unless a policy selects by layer."""
+    picks = [tuple(reducer.pick(lab, layer) for lab in labels) for layer in range(num_layers)]
+    runs, start = [], 0
+    for layer in range(1, num_layers + 1):
+        if layer == num_layers or picks[layer] != picks[start]:
+            runs.append((start, layer - start))
+            start = layer
+    return tuple(runs)
+
+
+def split_layer_params(params: dict, runs: tuple[tuple[int, int], ...]) -> dict:
+    """Params with stacked "layers" [L, ...] -> "layers_i" slices per run (one run: as is)."""
+    if len(runs) == 1:
+        return params
+    inner = dict(params["params"])
+    stacked = inner.pop("layers")
+    for i, (first, count) in enumerate(runs):
+        inner[f"layers_{i}"] = jax.tree.map(lambda a, f=first, c=count: a[f : f + c], stacked)
+    return {**params, "params": inner}
 
 
 def _row_parallel(act: jax.Array, w: jax.Array, reducer: Reducer, *, label: str, key):
@@ -166,26 +214,40 @@ class Llama(nn.Module):
         x = jnp.take(embed, tokens, axis=0).astype(dtype)  # [B, T, D]
         positions = jnp.arange(tokens.shape[-1]) + start
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, c.rope_scaling)
-        layers = nn.scan(
-            Block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_layers,
-            # The default traces the body once more outside the loop (to check
-            # broadcast constants); that copy would sit in the jaxpr, where
-            # count_traffic would count its All-Reduces as an extra layer.
-            check_constancy_invariants=False,
-        )(
-            config=c,
-            layout=self.layout,
-            reducer=self.reducer,
-            layer_shapes=self.layer_shapes,
-            name="layers",
-        )
+        runs = layer_runs(self.reducer, c.num_layers)
         cache_k, cache_v = (None, None) if cache is None else cache
-        xs = (jnp.arange(c.num_layers), cache_k, cache_v)
-        x, new_cache = layers(x, xs, cos, sin, key, start)
+        caches_k, caches_v = [], []
+        for i, (first, count) in enumerate(runs):
+            layers = nn.scan(
+                Block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=count,
+                # The default traces the body once more outside the loop (to check
+                # broadcast constants); that copy would sit in the jaxpr, where
+                # count_traffic would count its All-Reduces as an extra layer.
+                check_constancy_invariants=False,
+            )(
+                config=c,
+                layout=self.layout,
+                reducer=dataclasses.replace(self.reducer, first_layer=first),
+                layer_shapes=self.layer_shapes,
+                name="layers" if len(runs) == 1 else f"layers_{i}",
+            )
+            part = slice(first, first + count)
+            xs = (
+                jnp.arange(first, first + count),
+                None if cache_k is None else cache_k[part],
+                None if cache_v is None else cache_v[part],
+            )
+            x, (new_k, new_v) = layers(x, xs, cos, sin, key, start)
+            caches_k.append(new_k)
+            caches_v.append(new_v)
+        if cache is None or len(runs) == 1:
+            new_cache = (caches_k[0], caches_v[0])
+        else:
+            new_cache = (jnp.concatenate(caches_k), jnp.concatenate(caches_v))
         norm = self.param("final_norm", nn.initializers.ones, (c.hidden_size,))
         x = rms_norm(x, norm, c.rms_norm_eps)
         if c.tie_embeddings:

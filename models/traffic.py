@@ -14,6 +14,7 @@ from scinjax import Collective, TrafficReport, count_traffic
 
 from .api import make_module
 from .config import LlamaConfig
+from .llama import layer_runs, split_layer_params
 
 __all__ = ["model_traffic"]
 
@@ -51,8 +52,9 @@ def model_traffic(
     )
     params = plan.abstract_params("batched", compute_dtype)
     ids = jax.ShapeDtypeStruct((batch, tokens), jnp.int32)
-    coll = module.reducer.collective
-    if coll is not None and coll.stochastic:
+    runs = layer_runs(module.reducer, config.num_layers)
+    apply = lambda p, *args: module.apply(split_layer_params(p, runs), *args)  # noqa: E731
+    if module.reducer.collective.stochastic:
         key = jax.eval_shape(lambda: jax.random.key(0))
-        return count_traffic(module.apply, params, ids, key)
-    return count_traffic(module.apply, params, ids)
+        return count_traffic(apply, params, ids, key)
+    return count_traffic(apply, params, ids)
