@@ -202,3 +202,26 @@ def test_bad_input(kwargs, match):
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ep_traffic(base.pop("experts"), base.pop("sources"), **base)
+
+
+def test_moe_traffic_command(tmp_path):
+    import json
+
+    from scinjax.cli import main
+
+    out = tmp_path / "rows.json"
+    png = tmp_path / "plot.png"
+    argv = ["moe-traffic", "--model", "tiny-moe", "--ep", "2,4", "--tokens", "64"]
+    argv += ["--formats", "bf16/bf16,int8/bf16", "--json", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * 2 * 2 * 3 and png.stat().st_size > 0
+    # tiny-moe: H = 64, E = 8, k = 2. dysharp dispatch-up under uniform routing:
+    # T * (1 - C(E/N, k) / C(E, k)) * beta_d, beta_d(int8) = 64 + 2 * 2
+    row = next(
+        r
+        for r in rows
+        if r["ep"] == 4 and r["algorithm"] == "dysharp" and r["dispatch_format"] == "int8"
+    )
+    want = 64 * (1 - math.comb(2, 2) / math.comb(8, 2)) * (64 + 4)
+    assert row["uniform_per_rank"]["dispatch_up"] == pytest.approx(want, rel=1e-12)

@@ -16,6 +16,8 @@ _COMMANDS = {
     "traffic": ("scinjax.cli.traffic", "main", "bytes per link of full-size models"),
     "timing": ("scinjax.cli.timing", "main", "All-Reduce latency vs message size"),
     "e2e": ("scinjax.cli.e2e", "main", "LLaMA-2 TTFT / TPOT per algorithm"),
+    "moe-traffic": ("scinjax.cli.moe_traffic", "main", "MoE dispatch/combine bytes and time"),
+    "train": ("scinjax.cli.train", "main", "DP x TP training with emulated collectives"),
 }
 
 
