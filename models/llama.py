@@ -67,6 +67,7 @@ class Reducer:
     batched: bool = True
     axis_name: str = AXIS_NAME
     first_layer: int | None = None
+    probe: bool = False  # record per-call error statistics (see `probe_stats`)
 
     def pick(self, label: str, layer: int | None = None) -> Collective:
         """The collective of call site `label` (at `layer`, default `first_layer`)."""
@@ -97,6 +98,47 @@ class Reducer:
             out = one_rank(wire[0])
         return out.astype(self.compute_dtype)
 
+    def probe_stats(self, partials: jax.Array, out: jax.Array, *, label: str, key=None) -> dict:
+        """Error of one call against the exact reduction of the *same* inputs.
+
+        partials [R, M, D] (before the wire cast), out [M, D] (this call's result).
+        The reference is the rank-order float32 sum of the partials as they go on
+        the wire. For ``scin``/``two_shot`` the error splits into the uplink stage
+        (the same collective with its uplink format only, summed in float32 without
+        a final rounding) and the downlink stage (the rest); NaN for algorithms whose
+        stages do not separate (ring, peers). Returns float32 scalars ``sse``,
+        ``sse_up``, ``sse_down``, ``ss_ref`` and the float32 output ``out`` [M, D].
+        """
+        collective = self.pick(label)
+        exact = collective.algorithm == "exact"
+        wire = partials.astype(self.compute_dtype if exact else self.wire_dtype)
+        wire = wire.astype(jnp.float32)
+        ref = wire[0]
+        for r in range(1, wire.shape[0]):
+            ref = ref + wire[r]
+        outf = out.astype(jnp.float32)
+        nan = jnp.float32(jnp.nan)
+        if collective.algorithm in ("scin", "two_shot") or exact:
+            up_only = dataclasses.replace(collective, downlink=None) if not exact else None
+            if up_only is None or up_only.uplink is None:
+                staged = ref  # the uplink carries the wire dtype itself: no uplink error
+            else:
+                staged = jax.vmap(
+                    lambda p: up_only(p, self.axis_name, key=key, label=f"{label}/probe"),
+                    axis_name=self.axis_name,
+                )(wire)[0]
+            sse_up = jnp.sum((staged - ref) ** 2)
+            sse_down = jnp.sum((outf - staged) ** 2)
+        else:
+            sse_up = sse_down = nan
+        return {
+            "sse": jnp.sum((outf - ref) ** 2),
+            "sse_up": sse_up,
+            "sse_down": sse_down,
+            "ss_ref": jnp.sum(ref * ref),
+            "out": outf,
+        }
+
 
 def layer_runs(reducer: Reducer, num_layers: int, labels=CALL_SITES) -> tuple[tuple[int, int], ...]:
     """(first layer, count) of each run of consecutive layers whose call sites get the same
@@ -121,15 +163,19 @@ def split_layer_params(params: dict, runs: tuple[tuple[int, int], ...]) -> dict:
     return {**params, "params": inner}
 
 
-def _row_parallel(act: jax.Array, w: jax.Array, reducer: Reducer, *, label: str, key):
+def _row_parallel(act: jax.Array, w: jax.Array, reducer: Reducer, *, label: str, key, sow=None):
     """All-Reduce of the per-rank partial sums act[:, :, r] @ w[r].
 
     act: [B, T, R, K] activations in rank slots; w: [R, K, D] row blocks.
-    Returns [B, T, D]. The All-Reduce sees [B*T, D] per rank.
+    Returns [B, T, D]. The All-Reduce sees [B*T, D] per rank. With a probing
+    reducer, ``sow(label, stats)`` receives `Reducer.probe_stats`.
     """
     b, t = act.shape[:2]
     partials = jnp.einsum("btrk,rkd->rbtd", act, w)  # [R, B, T, D]
-    out = reducer(partials.reshape(partials.shape[0], b * t, -1), label=label, key=key)
+    partials = partials.reshape(partials.shape[0], b * t, -1)
+    out = reducer(partials, label=label, key=key)
+    if reducer.probe and sow is not None:
+        sow(label, reducer.probe_stats(partials, out, label=label, key=key))
     return out.reshape(b, t, -1)
 
 
@@ -164,6 +210,7 @@ class Block(nn.Module):
         b, t, d = x.shape
         hd = c.head_dim
         keys = (None, None) if key is None else jax.random.split(jax.random.fold_in(key, layer))
+        sow = lambda name, value: self.sow("intermediates", name, value)  # noqa: E731
 
         h = rms_norm(x, p["attn_norm"], c.rms_norm_eps)
         q, k, v = (h @ p[w].reshape(d, -1) for w in ("wq", "wk", "wv"))
@@ -181,12 +228,14 @@ class Block(nn.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
             attn = causal_attention(q, cache_k, cache_v, offset=start, window=window)
         slots = to_slots(attn, lay.head_slots, lay.ranks)  # [B, T, R, S*hd]
-        x = x + _row_parallel(slots, p["wo"], self.reducer, label="attn_out", key=keys[0])
+        x = x + _row_parallel(slots, p["wo"], self.reducer, label="attn_out", key=keys[0], sow=sow)
 
         h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)
         act = swiglu(h @ p["w_gate"].reshape(d, -1), h @ p["w_up"].reshape(d, -1))
         slots = to_slots(act[..., None], lay.ff_slots, lay.ranks)  # [B, T, R, Sf]
-        x = x + _row_parallel(slots, p["w_down"], self.reducer, label="mlp_out", key=keys[1])
+        x = x + _row_parallel(
+            slots, p["w_down"], self.reducer, label="mlp_out", key=keys[1], sow=sow
+        )
         return x, (cache_k, cache_v)
 
 
@@ -220,7 +269,7 @@ class Llama(nn.Module):
         for i, (first, count) in enumerate(runs):
             layers = nn.scan(
                 Block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=count,

@@ -179,7 +179,8 @@ def test_tiny_study_end_to_end(tiny_gguf_path, tmp_path, capsys):
 
     out = tmp_path / "out"
     variants = ["scin,scin:int8", "scin:bf16/int8"]  # exact is added as the reference
-    rc = main(["--model", tiny_gguf_path, "--variants", *variants, "--out", str(out), *TINY_ARGS])
+    args = ["--model", tiny_gguf_path, "--variants", *variants, "--out", str(out), "--attribution"]
+    rc = main([*args, *TINY_ARGS])
     assert rc == 0
     table = capsys.readouterr().out
     assert "scin:int8" in table and "PPL ratio" in table and "±" in table and "p99.9" in table
@@ -229,6 +230,10 @@ def test_tiny_study_end_to_end(tiny_gguf_path, tmp_path, capsys):
     assert np.mean(kl["scin:int8"], dtype=np.float64) == pytest.approx(r8["kl_mean"], rel=1e-6)
     png = (out / "study.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    sites = json.loads((out / "attribution.json").read_text())
+    assert list(sites) == ["scin", "scin:int8", "scin:bf16/int8"]
+    assert len(sites["scin:int8"]) == 2 * 2  # two layers, two call sites each
+    assert (out / "attribution.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_study_text_file_seeds_and_errors(tiny_gguf_path, tmp_path, capsys):

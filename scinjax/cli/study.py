@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="seeds of stochastic variants, e.g. 0,1,2 (0)")
     p.add_argument("--wire-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--out", default=os.path.join("results", "study"), help="output folder")
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="also the per-call-site error of every variant on the first window "
+        "(attribution.json / attribution.png)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             gen_tokens=args.gen_tokens,
             wire_dtype=args.wire_dtype,
             seeds=seeds,
+            attribution=args.attribution,
             progress=not args.quiet,
         )
     except (ValueError, FileNotFoundError) as err:
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = study.write_results(result, args.out)
     if not args.no_plot:
         paths["png"] = study.plot_results(result, os.path.join(args.out, "study.png"))
+        if result["attribution"]:
+            paths["attribution_png"] = study.plot_attribution(
+                result["attribution"], os.path.join(args.out, "attribution.png")
+            )
     print("wrote " + ", ".join(paths[k] for k in sorted(paths)))
     print(f"total {result['settings']['total_seconds']:.0f} s")
     return 0

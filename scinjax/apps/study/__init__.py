@@ -6,6 +6,7 @@ metrics), :mod:`.stats` (streaming accumulators with standard errors),
 :mod:`.output` (table/JSON/CSV), :mod:`.plots` (PNG).
 """
 
+from .attribution import attribute, exact_sites, plot_attribution
 from .corpus import (
     Corpus,
     ScoringWindows,
@@ -30,11 +31,14 @@ __all__ = [
     "Variant",
     "VariantStats",
     "WindowSums",
+    "attribute",
     "batch_means_se",
     "default_corpus",
+    "exact_sites",
     "format_percentiles",
     "format_table",
     "parse_variants",
+    "plot_attribution",
     "plot_results",
     "pydoc_prose",
     "read_jsonl",

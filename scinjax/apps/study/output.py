@@ -107,7 +107,7 @@ def write_results(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     the per-token KL values of every run as ``study_kl.npz`` (float32)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {k: os.path.join(out_dir, f"study.{k}") for k in ("json", "csv", "txt")}
-    doc = {k: v for k, v in result.items() if k != "kl"}
+    doc = {k: v for k, v in result.items() if k not in ("kl", "attribution")}
     doc["seed_spread"] = seed_spread(result)
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
@@ -117,6 +117,10 @@ def write_results(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
         w.writerows(result["rows"])
     with open(paths["txt"], "w", encoding="utf-8") as f:
         f.write(format_table(result) + "\n\n" + format_percentiles(result) + "\n")
+    if result.get("attribution"):
+        paths["attribution"] = os.path.join(out_dir, "attribution.json")
+        with open(paths["attribution"], "w", encoding="utf-8") as f:
+            json.dump(result["attribution"], f, indent=1)
     if result.get("kl"):
         paths["npz"] = os.path.join(out_dir, "study_kl.npz")
         np.savez_compressed(paths["npz"], **result["kl"])

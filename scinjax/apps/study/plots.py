@@ -22,7 +22,8 @@ def style_log_axis(axis, *, percent: bool = False) -> None:
             return ""
         return f"{v:g}" + (" %" if percent else "")
 
-    axis.set_major_locator(LogLocator(base=10))
+    # 1-2-5 steps: an axis spanning less than a decade still gets labelled ticks
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
     axis.set_major_formatter(FuncFormatter(fmt))
     axis.set_minor_formatter(NullFormatter())
 

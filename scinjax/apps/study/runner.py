@@ -132,6 +132,7 @@ def run_study(
     gen_tokens: int = 16,
     wire_dtype: str = "bfloat16",
     seeds: Sequence[int] = (0,),
+    attribution: bool = False,
     progress: bool = True,
 ) -> dict:
     """Run every variant on the same windows; ``{"settings", "versions", "rows", "kl"}``.
@@ -142,7 +143,9 @@ def run_study(
     triple (skips loading ``model``). ``tokens``: budget of scored tokens (None: the
     whole corpus). ``seeds``: the PRNG seeds of stochastic variants (one run each).
     Returns rows of :meth:`VariantStats.summary` keys plus traffic and settings; ``kl``
-    maps each run to its per-token KL values (float32).
+    maps each run to its per-token KL values (float32). ``attribution``: also the
+    per-call-site error of every run on the first window (:mod:`.attribution`), under
+    ``"attribution"``.
     """
     from scinjax.models import build_model
 
@@ -215,6 +218,15 @@ def run_study(
             run.seconds += time.perf_counter() - t0
     bar.close()
 
+    sites = {}
+    if attribution and tp > 1:
+        from .attribution import attribute, exact_sites
+
+        first_window = win.ids[:1]
+        exact = exact_sites(base, first_window)
+        for run in runs[1:]:
+            sites[run.name] = attribute(run.model, first_window, key=run.key(0), exact=exact)
+
     reference = runs[0]
     rows = []
     for run in runs:
@@ -268,4 +280,5 @@ def run_study(
         "versions": versions(),
         "rows": rows,
         "kl": {run.name: run.stats.kl_values() for run in runs},
+        "attribution": sites,
     }
