@@ -7,6 +7,7 @@ fixed order with the spec's roundings. ``psum`` is never used: XLA may reassocia
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from scinjax.collectives._config import Collective, int_block_size
+from scinjax.collectives._grad import with_vjp
 from scinjax.collectives._marker import CallSpec, marker_name
 from scinjax.collectives._partition import block_runs, chunk_sizes
 from scinjax.collectives._peers import PEER_ALGORITHMS, check_peer_input, peer_allreduce
@@ -54,6 +56,8 @@ def allreduce(
     accumulate: str = "float32",
     key=None,
     label: str | None = None,
+    backward: str | Collective = "exact",
+    ste: bool = True,
 ):
     """All-Reduce ``x`` (any pytree of bf16/f16/f32 arrays) over ``axis_name``.
 
@@ -63,7 +67,14 @@ def allreduce(
     ``algorithm`` may also be a :class:`Collective` (then the keyword options must be left
     at their defaults). ``key`` feeds stochastic rounding; ``label`` names the call in the
     traffic ledger.
+
+    Differentiable: the cotangent of every rank's output is All-Reduced by ``backward``
+    (a spec such as ``"scin:int8"`` or a Collective; default the exact float32 reduction),
+    so ``dx_i = sum_r g_r``. Forward quantization is straight-through (``ste=True``);
+    ``ste=False`` gives its true zero derivative (docs/semantics.md, "Gradients").
     """
+    if isinstance(algorithm, str) and ":" in algorithm:  # a spec such as "scin:int8"
+        algorithm = Collective.parse(algorithm)
     if isinstance(algorithm, Collective):
         if (uplink, downlink, order, accumulate) != (None, None, "rank", "float32"):
             raise ValueError("pass options either in the Collective or as keywords, not both")
@@ -76,7 +87,14 @@ def allreduce(
             order=order,
             accumulate=accumulate,
         )
+    back = _backward_collective(backward)
+    if not isinstance(ste, bool):
+        raise TypeError(f"ste must be True or False, got {ste!r}")
     n_ranks = axis_size(axis_name)
+    if back.stochastic and key is None:
+        raise ValueError(
+            f"the backward collective {back} rounds stochastically: pass key=jax.random.key(seed)"
+        )
     if coll.stochastic and key is None:
         raise ValueError(
             f"{coll} rounds stochastically: pass key=jax.random.key(seed) (the same key on "
@@ -101,13 +119,56 @@ def allreduce(
             label=name,
         )
         kernel = _kernel(spec, axis_name)
-        if not coll.stochastic:
-            out.append(kernel(leaf))
+        # a quantizer's true derivative (peer schemes quantize on their own wire)
+        zero_grad = (coll.quantized or coll.algorithm in PEER_ALGORITHMS) and not ste
+        call = with_vjp(
+            _keyed(kernel, coll.stochastic),
+            None if zero_grad else _backward_fn(spec, back, axis_name),
+            axis_name=axis_name,
+            n_ranks=n_ranks,
+            has_key=key is not None,
+        )
+        if key is None:
+            out.append(call(leaf))
         else:  # leaves of a pytree draw independent noise
             out.append(
-                kernel(leaf, key if len(paths_leaves) == 1 else jax.random.fold_in(key, index))
+                call(leaf, key if len(paths_leaves) == 1 else jax.random.fold_in(key, index))
             )
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _backward_collective(backward) -> Collective:
+    if isinstance(backward, Collective):
+        return backward
+    if not isinstance(backward, str):
+        raise TypeError(
+            f"backward must be a collective spec like 'exact' or 'scin:int8', or a Collective; "
+            f"got {backward!r}"
+        )
+    return Collective.parse(backward)
+
+
+def _keyed(kernel, stochastic: bool):
+    """``kernel`` as ``f(x)`` or ``f(x, key)``; a deterministic kernel ignores the key."""
+
+    def call(x, key=None):
+        return kernel(x, key) if stochastic else kernel(x)
+
+    return call
+
+
+def _backward_fn(spec: CallSpec, back: Collective, axis_name):
+    """The cotangent All-Reduce: ``g [...]`` (output dtype) -> ``sum_r g_r``, own marker."""
+    bspec = dataclasses.replace(
+        spec,
+        algorithm=back.algorithm,
+        uplink=back.uplink,
+        downlink=back.downlink,
+        order=back.order,
+        accumulate=back.accumulate,
+        phase="backward",
+    )
+    return _keyed(_kernel(bspec, axis_name), back.stochastic)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -142,7 +203,7 @@ def _emulate(x, spec: CallSpec, axis_name, key):
         operands = [to_f32(gathered[i]) for i in range(n)]
     else:
         up_key = stage_key(key, UPLINK_STAGE, rank) if up.stochastic else None
-        q = quantize(x, up, key=up_key)
+        q = quantize(x, up, key=up_key, ste=False)  # gradients: collectives/_grad.py
         gathered = jax.tree.map(lambda a: lax.all_gather(a, axis_name), q)  # [N, ...]
         contributions = dequantize(gathered, jnp.float32)
         operands = [contributions[i] for i in range(n)]
@@ -150,7 +211,7 @@ def _emulate(x, spec: CallSpec, axis_name, key):
     if down is None:
         return total.astype(x.dtype)
     noise = _downlink_noise(spec, key) if down.stochastic else None
-    return dequantize(quantize(total, down, noise=noise), x.dtype)
+    return dequantize(quantize(total, down, noise=noise, ste=False), x.dtype)
 
 
 def _downlink_noise(spec: CallSpec, key):

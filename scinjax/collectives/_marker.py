@@ -27,6 +27,7 @@ class CallSpec:
     order: str
     accumulate: str
     label: str | None
+    phase: str = "forward"  # "backward": the All-Reduce of cotangents (collectives/_grad.py)
 
 
 def marker_name(spec: CallSpec) -> str:

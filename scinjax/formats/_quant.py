@@ -12,6 +12,7 @@ from jax import lax
 
 from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
 from scinjax.formats._spec import CastFormat, Format, IntFormat, get
+from scinjax.formats._ste import ste_dequantize, ste_quantize
 
 __all__ = ["QArray", "quantize", "dequantize", "wire_bytes"]
 
@@ -32,6 +33,8 @@ class QArray:
     codes: jax.Array
     scales: jax.Array | None
     fmt: Format = dataclasses.field(metadata=dict(static=True))
+    # the quantized input, kept by quantize(ste=True) for straight-through gradients only
+    source: jax.Array | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -138,6 +141,7 @@ def _stochastic_noise(x, fmt: Format, key, noise):
     return noise
 
 
+@ste_quantize
 def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
     """Quantize ``x`` ``[..., H]`` (bf16/f16/f32) into ``fmt`` exactly as spec/formats.md says.
 
@@ -172,6 +176,7 @@ def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
     return QArray(_from_blocks(q, h), stored, fmt)
 
 
+@ste_dequantize
 def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
     """``f32(code) * S`` (flushed), then RNE to ``dtype``; poisoned blocks give NaN.
 

@@ -95,7 +95,7 @@ class TrafficReport:
         lines = [head, "-" * len(head)]
         for r in self.records:
             lines.append(
-                f"{r.collective:<22}{(r.label or '-'):<14}{r.calls:>6}{r.elements:>14,}"
+                f"{r.collective:<22}{_label(r):<14}{r.calls:>6}{r.elements:>14,}"
                 f"{r.up[0]:>16,}{r.down[0]:>16,}{r.total:>18,}"
             )
         lines.append(
@@ -103,6 +103,12 @@ class TrafficReport:
             f"{self.down[0] if self.records else 0:>16,}{self.total:>18,}"
         )
         return "\n".join(lines)
+
+
+def _label(r: TrafficRecord) -> str:
+    """``label`` (or ``-``), with ``/backward`` or ``/recompute`` outside the forward pass."""
+    name = r.label or "-"
+    return name if r.phase == "forward" else f"{name}/{r.phase}"
 
 
 def _subjaxprs(params):
@@ -115,15 +121,33 @@ def _subjaxprs(params):
                 yield item.jaxpr
 
 
-def _walk(jaxpr, multiplicity: int, found: Counter) -> None:
+def _is_call(eqn) -> bool:
+    """A marker jit that runs the collective: one output from >= 1 input.
+
+    Partial evaluation (e.g. scan hoisting loop invariants under jax.grad) may split a
+    marker jit into a zero-input copy computing the kernel's constants (several outputs)
+    and the call itself; only the call moves bytes.
+    """
+    return len(eqn.outvars) == 1 and len(eqn.invars) >= 1
+
+
+def _walk(jaxpr, multiplicity: int, found: Counter, recompute: bool = False) -> None:
     for eqn in jaxpr.eqns:
         spec = lookup(str(eqn.params.get("name", "")))
         if spec is not None:
-            found[spec] += multiplicity
+            if _is_call(eqn):
+                phase = "recompute" if recompute and spec.phase == "forward" else spec.phase
+                found[(spec, phase)] += multiplicity
             continue
         inner = Counter()
+        # a differentiated checkpoint (remat) in the backward pass runs its forward calls
+        # again: those are counted apart as "recompute"
+        again = recompute or (
+            eqn.primitive.name in ("checkpoint", "remat2", "remat")
+            and bool(eqn.params.get("differentiated", False))
+        )
         for sub in _subjaxprs(eqn.params):
-            _walk(sub, 1, inner)
+            _walk(sub, 1, inner, again)
         if not inner:
             continue
         prim = eqn.primitive.name
@@ -142,7 +166,9 @@ def count_traffic(fn, *args, **kwargs) -> TrafficReport:
 
     Arguments may be arrays or ``jax.ShapeDtypeStruct``; no arithmetic runs, so this is
     cheap for LLaMA-2-70B-sized activations. Calls inside ``scan`` count ``length`` times.
-    Records come in order of first appearance, one per distinct call site configuration.
+    Records come in order of first appearance, one per distinct call site configuration
+    and phase: under ``jax.grad`` the All-Reduces of cotangents have ``phase="backward"``
+    (their own formats), forward calls that ``jax.checkpoint`` runs again ``"recompute"``.
     """
     if not callable(fn):
         raise TypeError(f"count_traffic needs a callable, got {type(fn).__name__}")
@@ -159,8 +185,9 @@ def count_traffic(fn, *args, **kwargs) -> TrafficReport:
             downlink=spec.downlink,
             label=spec.label,
             calls=count,
+            phase=phase,
         )
-        for spec, count in found.items()
+        for (spec, phase), count in found.items()
     )
     return TrafficReport(records)
 

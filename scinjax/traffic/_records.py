@@ -16,7 +16,9 @@ from scinjax.collectives._peers import PEER_ALGORITHMS, peer_link_bytes
 from scinjax.formats import CastFormat, Format
 from scinjax.formats._f32 import INPUT_DTYPES
 
-__all__ = ["TrafficRecord", "collective_record"]
+__all__ = ["PHASES", "TrafficRecord", "collective_record"]
+
+PHASES = ("forward", "backward", "recompute")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,6 +41,9 @@ class TrafficRecord:
     up_scale: tuple[int, ...]
     down_payload: tuple[int, ...]
     down_scale: tuple[int, ...]
+    # "forward", "backward" (the All-Reduce of cotangents under jax.grad) or "recompute"
+    # (a forward call run again by jax.checkpoint in the backward pass)
+    phase: str = "forward"
 
     @property
     def elements(self) -> int:
@@ -77,6 +82,7 @@ class TrafficRecord:
             uplink=None if self.uplink is None else self.uplink.name,
             downlink=None if self.downlink is None else self.downlink.name,
             label=self.label,
+            phase=self.phase,
             calls=self.calls,
             up_payload=list(self.up_payload),
             up_scale=list(self.up_scale),
@@ -179,6 +185,7 @@ def collective_record(
     downlink=None,
     label: str | None = None,
     calls: int = 1,
+    phase: str = "forward",
 ) -> TrafficRecord:
     """The traffic of ``calls`` All-Reduces of a ``shape`` ``dtype`` buffer per rank.
 
@@ -191,6 +198,8 @@ def collective_record(
     )
     if isinstance(n_ranks, bool) or not isinstance(n_ranks, int) or n_ranks < 1:
         raise ValueError(f"n_ranks must be an int >= 1, got {n_ranks!r}")
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; use one of {PHASES}")
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
         raise ValueError(f"calls must be an int >= 0, got {calls!r}")
     shape = tuple(int(d) for d in shape) or (1,)
@@ -207,6 +216,7 @@ def collective_record(
         downlink=coll.downlink,
         label=label,
         calls=calls,
+        phase=phase,
         up_payload=links[0],
         up_scale=links[1],
         down_payload=links[2],
