@@ -660,8 +660,11 @@ def test_qarray_shapes_and_pytree():
     qm = jax.eval_shape(lambda x: scinjax.quantize(x, "mxint8"), x)
     assert qm.scales.dtype == ml_dtypes.float8_e8m0fnu
     leaves, tree = jax.tree_util.tree_flatten(q)
-    assert len(leaves) == 2
+    assert len(leaves) == 3  # codes, scales and the straight-through source (ste=True)
+    assert q.source.shape == x.shape and q.source.dtype == x.dtype
     assert jax.tree_util.tree_unflatten(tree, leaves).fmt == q.fmt
+    q2 = jax.eval_shape(lambda x: scinjax.quantize(x, "int8", ste=False), x)
+    assert len(jax.tree_util.tree_leaves(q2)) == 2 and q2.source is None
 
 
 def _msg(excinfo) -> str:
