@@ -20,7 +20,7 @@ from scinjax.collectives._marker import CallSpec, marker_name
 from scinjax.collectives._partition import block_runs, chunk_sizes
 from scinjax.collectives._peers import PEER_ALGORITHMS, check_peer_input, peer_allreduce
 from scinjax.collectives._reduce import add, ordered_sum, round_acc
-from scinjax.formats import dequantize, quantize, to_f32
+from scinjax.formats import dequantize, quantize, roundtrip_runs, to_f32
 from scinjax.formats._f32 import check_float_input
 
 __all__ = ["allreduce", "axis_size", "stage_key"]
@@ -211,6 +211,10 @@ def _emulate(x, spec: CallSpec, axis_name, key):
     if down is None:
         return total.astype(x.dtype)
     noise = _downlink_noise(spec, key) if down.stochastic else None
+    if spec.algorithm == "two_shot" and getattr(down, "scale", None) == "nv":
+        # each owner quantizes only its run: nv's tensor scale is per run (docs/semantics.md)
+        runs = block_runs(spec.shape, int_block_size(up, down), n)
+        return roundtrip_runs(total, down, [k for _, k in runs], noise=noise, dtype=x.dtype)
     return dequantize(quantize(total, down, noise=noise, ste=False), x.dtype)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from scinjax.collectives._peers import PEER_ALGORITHMS
-from scinjax.formats import Format, IntFormat, get
+from scinjax.formats import Format, FpFormat, IntFormat, get
 
 __all__ = ["ALGORITHMS", "ORDERS", "ACCUMULATE_DTYPES", "Collective", "int_block_size"]
 
@@ -67,7 +67,9 @@ class Collective:
             )
         if self.algorithm == "two_shot":
             blocks = {
-                f.block_size for f in (self.uplink, self.downlink) if isinstance(f, IntFormat)
+                f.block_size
+                for f in (self.uplink, self.downlink)
+                if isinstance(f, IntFormat | FpFormat)
             }
             if len(blocks) > 1:
                 raise ValueError(
@@ -86,7 +88,7 @@ class Collective:
 
     @property
     def block_size(self) -> int | None:
-        """Block size of the int format(s) on the links (quantized two_shot's slicing unit)."""
+        """Block size of the block format(s) on the links (quantized two_shot's slicing unit)."""
         return int_block_size(self.uplink, self.downlink)
 
     @classmethod
@@ -161,8 +163,8 @@ def _check_peer(c: Collective) -> None:
 
 
 def int_block_size(uplink: Format | None, downlink: Format | None) -> int | None:
-    """Block size of the first int format among the links, None if both are plain."""
+    """Block size of the first block (int or fp) format among the links; None if none."""
     for f in (uplink, downlink):
-        if isinstance(f, IntFormat):
+        if isinstance(f, IntFormat | FpFormat):
             return f.block_size
     return None

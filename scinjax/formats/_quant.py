@@ -11,7 +11,8 @@ import numpy as np
 from jax import lax
 
 from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
-from scinjax.formats._spec import CastFormat, Format, IntFormat, get
+from scinjax.formats._fp import fp_dequantize, fp_quantize
+from scinjax.formats._spec import CastFormat, Format, FpFormat, IntFormat, get
 from scinjax.formats._ste import ste_dequantize, ste_quantize
 
 __all__ = ["QArray", "quantize", "dequantize", "wire_bytes"]
@@ -25,9 +26,13 @@ _E8M0_BIAS = 127
 class QArray:
     """A quantized array.
 
-    codes: int8 ``[..., H]`` for int formats (the cast values for plain formats).
+    codes: int8 ``[..., H]`` for int formats; for fp formats the element's type
+      (float8_e4m3fn, float8_e5m2, float4_e2m1fn; uint8 bit patterns for the float6
+      elements); the cast values for plain formats.
     scales: ``[..., ceil(H / B)]`` in the format's scale dtype (``None`` for plain formats).
     fmt: the format (static pytree metadata).
+    tensor_scale: nv's float32 ``T_dec``, one per quantize call (``[]``; leading batch axes
+      added by e.g. ``all_gather`` broadcast over ``codes``' leading axes); None otherwise.
     """
 
     codes: jax.Array
@@ -35,6 +40,7 @@ class QArray:
     fmt: Format = dataclasses.field(metadata=dict(static=True))
     # the quantized input, kept by quantize(ste=True) for straight-through gradients only
     source: jax.Array | None = None
+    tensor_scale: jax.Array | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -166,11 +172,14 @@ def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
     amax_bits = jnp.max(magnitude, axis=-1)  # [..., nb]
     poisoned = amax_bits >= jnp.uint32(0x7F800000)
     a = jnp.where(poisoned, 0.0, lax.bitcast_convert_type(amax_bits, jnp.float32))
+    ub = None if u is None else _to_blocks(u, fmt.block_size)
+    if isinstance(fmt, FpFormat):
+        codes, stored, t_dec = fp_quantize(vb, a, poisoned, fmt, ub)
+        return QArray(_from_blocks(codes, h), stored, fmt, tensor_scale=t_dec)
     stored, s32 = _int_scales(a, poisoned, fmt)
     dead = poisoned | (s32 == 0)  # codes are all 0
     sb = jnp.where(dead, 1.0, s32)[..., None]
     r = exact_div(vb, sb)
-    ub = None if u is None else _to_blocks(u, fmt.block_size)
     q = jnp.clip(_round(r, fmt, ub), -fmt.qmax, fmt.qmax)
     q = jnp.where(dead[..., None], 0.0, q).astype(jnp.int8)
     return QArray(_from_blocks(q, h), stored, fmt)
@@ -193,6 +202,12 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
     if isinstance(fmt, CastFormat):
         return to_f32(q.codes).astype(dtype)
     h = q.codes.shape[-1]
+    if isinstance(fmt, FpFormat):
+        t_dec = q.tensor_scale
+        if t_dec is not None:  # [lead...] -> [lead..., 1, 1] against [..., nb, B]
+            t_dec = t_dec.reshape(t_dec.shape + (1,) * (q.codes.ndim + 1 - t_dec.ndim))
+        y = fp_dequantize(_to_blocks(q.codes, fmt.block_size), q.scales, fmt, t_dec)
+        return _from_blocks(y, h).astype(dtype)
     s32 = _scale_values(q.scales, fmt)[..., None]  # [..., nb, 1]
     codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
     return _from_blocks(ftz(codes * s32), h).astype(dtype)

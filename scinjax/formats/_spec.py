@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -144,13 +145,108 @@ class CastFormat:
         return self.name
 
 
-Format = IntFormat | CastFormat
+_FP_BITS = {"e4m3": 8, "e5m2": 8, "e3m2": 6, "e2m3": 6, "e2m1": 4}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FpFormat:
+    """Minifloat ``element`` codes with one scale per block of the last axis (OCP MX, NVFP4).
+
+    A row of H elements travels as ``ceil(H * bits / 8)`` payload bytes plus
+    ``ceil(H / block_size)`` scales of ``scale_bytes`` each; ``scale="nv"`` adds one float32
+    tensor scale (4 bytes) per quantized array.
+    """
+
+    element: str = "e4m3"
+    block_size: int = 32
+    scale: str = "e8m0_floor"
+    rounding: str = "nearest_even"
+
+    def __post_init__(self):
+        if self.element not in FP_ELEMENTS:
+            raise ValueError(
+                f"FpFormat.element={self.element!r} is not supported; use one of {FP_ELEMENTS}"
+            )
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
+            raise TypeError(f"FpFormat.block_size must be an int >= 1, got {self.block_size!r}")
+        if self.block_size < 1:
+            raise ValueError(f"FpFormat.block_size={self.block_size} must be >= 1 (e.g. 32)")
+        if self.scale not in FP_SCALES:
+            raise ValueError(
+                f"FpFormat.scale={self.scale!r} is not supported; use one of {FP_SCALES}"
+            )
+        if self.scale == "nv" and self.element != "e2m1":
+            raise ValueError(
+                f"FpFormat.scale='nv' (NVFP4) needs element='e2m1', got element={self.element!r}; "
+                "use an e8m0/float scale for other elements"
+            )
+        if self.rounding not in FP_ROUNDINGS:
+            raise ValueError(
+                f"FpFormat.rounding={self.rounding!r} is not supported; use one of {FP_ROUNDINGS}"
+            )
+
+    @property
+    def bits(self) -> int:
+        return _FP_BITS[self.element]
+
+    @property
+    def scale_bytes(self) -> int:
+        """Bytes of one block scale (the nv tensor scale is counted apart)."""
+        return _FP_SCALE_BYTES[self.scale]
+
+    @property
+    def tensor_scale_bytes(self) -> int:
+        """Bytes of the per-array tensor scale (4 for nv, else 0)."""
+        return NV_TENSOR_SCALE_BYTES if self.scale == "nv" else 0
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic"
+
+    @property
+    def name(self) -> str:
+        for preset, fmt in _PRESETS.items():
+            if fmt == self:
+                return preset
+        base = f"fp-{self.element}-b{self.block_size}-{self.scale}"
+        return base if self.rounding == "nearest_even" else f"{base}-{self.rounding}"
+
+    @property
+    def jax_scale_dtype(self):
+        """The dtype of ``QArray.scales``: float8_e8m0fnu (e8m0), float8_e4m3fn (nv), else float."""
+        if self.scale.startswith("e8m0"):
+            return jnp.float8_e8m0fnu
+        if self.scale == "nv":
+            return jnp.float8_e4m3fn
+        return jnp.dtype(self.scale)
+
+    def wire_bytes(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(payload, scale) bytes of an array of ``shape``; nv's tensor scale is scale bytes."""
+        rows, h = _rows_and_width(shape)
+        payload = rows * math.ceil(h * self.bits / 8)
+        scale = rows * math.ceil(h / self.block_size) * self.scale_bytes
+        tensor = self.tensor_scale_bytes if rows * h > 0 else 0
+        return payload, scale + tensor
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Format = IntFormat | FpFormat | CastFormat
 
 _PRESETS: dict[str, Format] = {
     "int8": IntFormat(bits=8, block_size=32, scale_dtype="float16"),
     "mxint8": IntFormat(bits=8, block_size=32, scale_dtype="e8m0"),
     "int8-b128-f32": IntFormat(bits=8, block_size=128, scale_dtype="float32"),
     "int4": IntFormat(bits=4, block_size=32, scale_dtype="float16"),
+    "mxfp8": FpFormat(element="e4m3", block_size=32, scale="e8m0_floor"),
+    "mxfp8-rceil": FpFormat(element="e4m3", block_size=32, scale="e8m0_rceil"),
+    "mxfp8-e5m2": FpFormat(element="e5m2", block_size=32, scale="e8m0_floor"),
+    "mxfp6-e3m2": FpFormat(element="e3m2", block_size=32, scale="e8m0_floor"),
+    "mxfp6-e2m3": FpFormat(element="e2m3", block_size=32, scale="e8m0_floor"),
+    "mxfp4": FpFormat(element="e2m1", block_size=32, scale="e8m0_floor"),
+    "nvfp4": FpFormat(element="e2m1", block_size=16, scale="nv"),
+    "fp8-b256-f32": FpFormat(element="e4m3", block_size=256, scale="float32"),
     "bf16": CastFormat(dtype="bfloat16"),
     "fp16": CastFormat(dtype="float16"),
     "fp32": CastFormat(dtype="float32"),
@@ -163,16 +259,15 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str | Format, **overrides) -> Format:
-    """A format by preset name (``int8``, ``mxint8``, ...) with optional field overrides.
+    """A format by name (a preset or a ``.name``) with optional field overrides.
 
-    ``get("int8", rounding="stochastic")``; a Format passes through (with overrides applied).
+    ``get("int8", rounding="stochastic")``, ``get("fp-e3m2-b16-float16")``; a Format passes
+    through (with overrides applied). ``get(f.name) == f`` for every format ``f``.
     """
-    if isinstance(name, IntFormat | CastFormat):
+    if isinstance(name, IntFormat | FpFormat | CastFormat):
         fmt = name
     elif isinstance(name, str):
-        if name not in _PRESETS:
-            raise ValueError(f"unknown format {name!r}; use one of {names()} or IntFormat(...)")
-        fmt = _PRESETS[name]
+        fmt = _PRESETS.get(name) or _parse_name(name)
     else:
         raise TypeError(f"a format must be a preset name or a Format, got {type(name).__name__}")
     if overrides:
@@ -196,6 +291,37 @@ def _checked_shape(shape) -> tuple[int, ...]:
         if d < 0:
             raise ValueError(f"shape {dims!r} has a negative size {d}; sizes must be >= 0")
     return tuple(int(d) for d in dims)
+
+
+_INT_NAME = re.compile(r"int(\d+)-b(\d+)-([a-z0-9]+)(?:-([a-z_]+))?")
+_FP_NAME = re.compile(r"fp-(e\dm\d)-b(\d+)-([a-z0-9_]+?)(?:-([a-z_]+))?")
+
+
+def _parse_name(name: str) -> Format:
+    """The format a canonical ``.name`` spells (ValueError naming the grammar otherwise)."""
+    m = _INT_NAME.fullmatch(name)
+    if m:
+        bits, block, scale, rounding = m.groups()
+        return IntFormat(
+            bits=int(bits),
+            block_size=int(block),
+            scale_dtype=scale,
+            rounding=rounding or "nearest_even",
+        )
+    m = _FP_NAME.fullmatch(name)
+    if m:
+        element, block, scale, rounding = m.groups()
+        return FpFormat(
+            element=element,
+            block_size=int(block),
+            scale=scale,
+            rounding=rounding or "nearest_even",
+        )
+    raise ValueError(
+        f"unknown format {name!r}; use a preset {names()}, "
+        "'int{bits}-b{B}-{scale_dtype}[-{rounding}]' (e.g. int6-b64-bfloat16-stochastic) or "
+        "'fp-{element}-b{B}-{scale}[-stochastic]' (e.g. fp-e3m2-b16-float16)"
+    )
 
 
 def _rows_and_width(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -113,7 +113,9 @@ def _wire(fmt: Format | None, elements: int, blocks: int, dtype_bytes: int) -> t
         return elements * dtype_bytes, 0
     if isinstance(fmt, CastFormat):
         return elements * fmt.element_bytes, 0
-    return math.ceil(elements * fmt.bits / 8), blocks * fmt.scale_bytes
+    # nv's float32 tensor scale travels with every non-empty run (docs/semantics.md)
+    tensor = getattr(fmt, "tensor_scale_bytes", 0) if elements else 0
+    return math.ceil(elements * fmt.bits / 8), blocks * fmt.scale_bytes + tensor
 
 
 def _link_pairs(n_ranks, up_fn, down_fn):

@@ -1,0 +1,238 @@
+"""The ``fp`` family: minifloat elements with block scales, bit for bit as spec/formats.md.
+
+Everything that decides a bit is integer work on float32 bit patterns or an exact float32
+operation (a multiply by a power of two, a floor, an RNE round of a value < 2**24), so
+the result does not depend on the backend's denormal mode or on XLA's rewrites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from scinjax.formats._f32 import exact_div, ftz, to_f32
+from scinjax.formats._spec import FpFormat
+
+__all__ = ["Element", "ELEMENTS", "fp_quantize", "fp_dequantize", "decode_codes"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_E8M0_NAN = 0xFF
+_BIAS = 127
+
+
+@dataclasses.dataclass(frozen=True)
+class Element:
+    """One minifloat type: sign, ``ebits`` exponent bits (``bias``), ``mbits`` mantissa bits."""
+
+    ebits: int
+    mbits: int
+    bias: int
+    max_code: int  # sign-less code of the largest finite magnitude M
+    dtype: object  # the dtype of QArray.codes (uint8 where JAX cannot hold the type)
+    np_dtype: object  # the ml_dtypes type of the element (for decoding tables)
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.ebits + self.mbits
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal (the subnormal binade shares its spacing)."""
+        return 1 - self.bias
+
+    @property
+    def max_value(self) -> float:
+        """M, the largest finite magnitude."""
+        return float(_decode_magnitude(self, self.max_code))
+
+    @property
+    def emax(self) -> int:
+        """Exponent of M (emax_elem of OCP MX)."""
+        return math.floor(math.log2(self.max_value))
+
+
+def _decode_magnitude(el: Element, code: int) -> float:
+    """Value of a sign-less code (closed form, used to build tables)."""
+    e, m = code >> el.mbits, code & ((1 << el.mbits) - 1)
+    if e == 0:
+        return m * 2.0 ** (el.emin - el.mbits)
+    return (1 + m / 2**el.mbits) * 2.0 ** (e - el.bias)
+
+
+ELEMENTS = {
+    "e4m3": Element(4, 3, 7, 0x7E, jnp.float8_e4m3fn, jnp.float8_e4m3fn),
+    "e5m2": Element(5, 2, 15, 0x7B, jnp.float8_e5m2, jnp.float8_e5m2),
+    "e3m2": Element(3, 2, 3, 0x1F, jnp.uint8, jnp.float6_e3m2fn),
+    "e2m3": Element(2, 3, 1, 0x1F, jnp.uint8, jnp.float6_e2m3fn),
+    "e2m1": Element(2, 1, 1, 0x07, jnp.float4_e2m1fn, jnp.float4_e2m1fn),
+}
+
+
+def _f32_const(v: float) -> float:
+    """The float32 value nearest ``v`` as a Python float."""
+    return float(np.float32(v))
+
+
+def _recip(m: float) -> float:
+    """f32(1 / m): the correctly rounded float32 reciprocal (an IEEE float32 division)."""
+    return float(np.float32(1.0) / np.float32(m))
+
+
+def _floor_log2(a: jnp.ndarray) -> jnp.ndarray:
+    """Exact ``floor(log2(a))`` (int32) for float32 ``a > 0`` from its bits (subnormals too)."""
+    bits = lax.bitcast_convert_type(a, jnp.uint32)
+    biased = (bits >> 23).astype(jnp.int32) & 0xFF
+    mantissa = bits & jnp.uint32(0x7FFFFF)
+    subnormal_log2 = 31 - lax.clz(mantissa).astype(jnp.int32) - 149
+    return jnp.where(biased > 0, biased - _BIAS, subnormal_log2)
+
+
+def _pow2(e: jnp.ndarray) -> jnp.ndarray:
+    """Float32 ``2**e`` for int32 ``e``; below 2**-126 it is 0 (flush-to-zero), e <= 127."""
+    bits = (jnp.clip(e, -126, 127) + _BIAS).astype(jnp.uint32) << 23
+    return jnp.where(e < -126, 0.0, lax.bitcast_convert_type(bits, jnp.float32))
+
+
+def _pow2_exact(e: jnp.ndarray) -> jnp.ndarray:
+    """Float32 ``2**e`` for int32 ``e`` in [-126, 127] (normal range only)."""
+    return lax.bitcast_convert_type((e + _BIAS).astype(jnp.uint32) << 23, jnp.float32)
+
+
+def _e8m0(e: jnp.ndarray, poisoned: jnp.ndarray):
+    """Stored e8m0 scales (NaN code for poisoned blocks) and their flushed float32 values."""
+    code = jnp.where(poisoned, _E8M0_NAN, e + _BIAS).astype(jnp.uint8)
+    stored = lax.bitcast_convert_type(code, jnp.float8_e8m0fnu)
+    return stored, jnp.where(poisoned, jnp.nan, _pow2(e))
+
+
+def _block_scales(a, poisoned, fmt: FpFormat, el: Element, t_enc):
+    """(stored scales, S) for block amax ``a`` ``[..., nb]`` (float32, 0 for poisoned)."""
+    big_m = el.max_value
+    if fmt.scale == "e8m0_floor":
+        e = jnp.where(a > 0, _floor_log2(a) - el.emax, -_BIAS)
+        return _e8m0(jnp.clip(e, -_BIAS, _BIAS), poisoned)
+    if fmt.scale == "e8m0_rceil":
+        d = ftz(a * _recip(big_m))
+        bits = lax.bitcast_convert_type(d, jnp.uint32)
+        ceil_log2 = _floor_log2(d) + ((bits & jnp.uint32(0x7FFFFF)) != 0).astype(jnp.int32)
+        e = jnp.where(d > 0, ceil_log2, -_BIAS)
+        return _e8m0(jnp.clip(e, -_BIAS, _BIAS), poisoned)
+    if fmt.scale == "nv":
+        c = ftz(t_enc * _recip(big_m))  # f32(T_enc * f32(1/M)), a scalar
+        sb = jnp.minimum(ftz(a * c), 448.0).astype(jnp.float8_e4m3fn)  # RNE, saturating
+        stored = jnp.where(poisoned, jnp.asarray(jnp.nan, jnp.float8_e4m3fn), sb)
+        return stored, to_f32(stored)
+    sdtype = jnp.dtype(fmt.scale)
+    cast = exact_div(a, big_m).astype(sdtype)
+    cast = jnp.where(jnp.isinf(cast), jnp.finfo(sdtype).max.astype(sdtype), cast)
+    stored = jnp.where(poisoned, jnp.asarray(jnp.nan, sdtype), cast)
+    return stored, to_f32(stored)
+
+
+def _tensor_scale(a: jnp.ndarray, poisoned: jnp.ndarray, el: Element):
+    """nv's (T_enc, T_dec) from the block amaxes of the whole array (poisoned blocks skipped)."""
+    g = jnp.max(jnp.where(poisoned, 0.0, a), initial=0.0)
+    t_enc = exact_div(jnp.float32(448.0 * el.max_value), jnp.where(g > 0, g, 1.0))
+    t_enc = jnp.where(jnp.isinf(t_enc), _F32_MAX, t_enc)  # saturate at the float32 maximum
+    t_enc = jnp.where((g == 0) | (t_enc == 0), 1.0, t_enc)
+    return t_enc, exact_div(jnp.float32(1.0), t_enc)
+
+
+def _to_codes(r: jnp.ndarray, el: Element, u: jnp.ndarray | None) -> jnp.ndarray:
+    """Sign-magnitude element codes (uint8) of float32 ``r``: RNE or stochastic, saturating.
+
+    With ``e = max(floor(log2|r|), emin)`` the neighbouring element values are multiples of
+    ``q = 2**(e - mbits)``, so ``t = r / q`` is exact and the code's magnitude is
+    ``(e - emin) * 2**mbits + k`` for the rounded multiple ``k`` (a carry to the next binade
+    is that same formula). Magnitudes past M are first capped at 2M (the result saturates
+    to M either way), which keeps every exponent in range.
+    """
+    sign = (lax.bitcast_convert_type(r, jnp.uint32) >> 31).astype(jnp.uint8)
+    mag = jnp.minimum(jnp.abs(r), 2.0 * el.max_value)
+    e = jnp.where(mag > 0, jnp.maximum(_floor_log2(mag), el.emin), el.emin)
+    t = mag * _pow2_exact(el.mbits - e)  # exact: a power-of-two multiply in normal range
+    if u is None:
+        k = lax.round(t, lax.RoundingMethod.TO_NEAREST_EVEN)
+    else:
+        fl = jnp.floor(t)
+        f = t - fl  # exact: the fraction of a float32
+        # r >= 0: up to the larger magnitude iff u < f. r < 0: "hi" is the smaller
+        # magnitude, taken iff u < 1 - f, decided exactly: 1 - u (u >= 1/2) and 1 - f
+        # (f >= 1/2) are exact (Sterbenz), and u + f < 1 when both are below 1/2.
+        toward_zero = jnp.where(u >= 0.5, f < 1.0 - u, (f < 0.5) | (u < 1.0 - f))
+        up = jnp.where(sign == 1, ~toward_zero, u < f)
+        k = fl + up.astype(jnp.float32)
+    code = (e - el.emin) * (1 << el.mbits) + k.astype(jnp.int32)
+    code = jnp.minimum(code, el.max_code).astype(jnp.uint8)
+    return code | (sign << (el.bits - 1))
+
+
+def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
+    """Float32 values of element codes (any of ``QArray.codes``' dtypes)."""
+    if codes.dtype == jnp.uint8:
+        table = np.asarray(
+            [_decode_magnitude(el, c & ((1 << (el.bits - 1)) - 1)) for c in range(1 << el.bits)],
+            np.float32,
+        )
+        table = np.where(np.arange(1 << el.bits) >> (el.bits - 1) == 1, -table, table)
+        return jnp.asarray(table)[codes.astype(jnp.int32)]
+    return codes.astype(jnp.float32)
+
+
+def _store(code: jnp.ndarray, el: Element) -> jnp.ndarray:
+    """uint8 sign-magnitude codes -> QArray.codes' dtype."""
+    if el.dtype == jnp.uint8:
+        return code
+    if el.bits == 8:
+        return lax.bitcast_convert_type(code, el.dtype)
+    # float4: the value of every code is exact in the type, so the cast is exact
+    return decode_codes(code, el).astype(el.dtype)
+
+
+def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
+    """Codes ``[..., nb, B]``, stored scales ``[..., nb]`` and nv's float32 ``T_dec``.
+
+    ``vb``: float32 blocks (flushed); ``magnitude_max``: block amax (0 where poisoned);
+    ``ub``: noise blocks or None. ``t_scale``: nv's (T_enc, T_dec) broadcastable to
+    ``[..., nb]`` (None: one tensor scale for the whole array).
+    """
+    el = ELEMENTS[fmt.element]
+    a = magnitude_max
+    t_dec = None
+    if fmt.scale == "nv":
+        t_enc, t_dec = _tensor_scale(a, poisoned, el) if t_scale is None else t_scale
+        stored, sb = _block_scales(a, poisoned, fmt, el, t_enc)
+        s32 = ftz(sb * t_dec)
+    else:
+        stored, s32 = _block_scales(a, poisoned, fmt, el, None)
+    dead = poisoned | (s32 == 0)  # codes are all +0
+    if fmt.scale == "nv":  # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
+        m = jnp.minimum(exact_div(jnp.float32(1.0), jnp.where(dead, 1.0, s32)), _F32_MAX)
+        r = ftz(vb * m[..., None])
+    else:
+        r = exact_div(vb, jnp.where(dead, 1.0, s32)[..., None])
+    code = _to_codes(r, el, ub)
+    code = jnp.where(dead[..., None], jnp.uint8(0), code)
+    return _store(code, el), stored, t_dec
+
+
+def scale_values(scales: jnp.ndarray, fmt: FpFormat, t_dec=None) -> jnp.ndarray:
+    """Float32 ``S`` per block (NaN for poisoned blocks); nv needs ``T_dec`` broadcastable."""
+    if fmt.scale.startswith("e8m0"):
+        code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
+        return jnp.where(code == _E8M0_NAN, jnp.nan, _pow2(code - _BIAS))
+    return to_f32(scales)
+
+
+def fp_dequantize(codes_b, scales, fmt: FpFormat, t_dec=None) -> jnp.ndarray:
+    """Float32 ``[..., nb, B]`` from code blocks, stored scales ``[..., nb]`` and nv's T_dec."""
+    el = ELEMENTS[fmt.element]
+    values = decode_codes(codes_b, el)
+    s = scale_values(scales, fmt)[..., None]
+    if fmt.scale == "nv":  # (f32(q) * f32(s_b)) * T_dec
+        return ftz(ftz(values * s) * t_dec)
+    return ftz(values * s)
