@@ -13,10 +13,13 @@ __all__ = ["main"]
 
 _COMMANDS = {
     "study": ("scinjax.cli.study", "main", "accuracy study of in-network quantization"),
+    "sweep": ("scinjax.cli.sweep", "main", "accuracy vs bytes over formats, algorithms and N"),
+    "eval": ("scinjax.cli.eval", "main", "multiple-choice accuracy per collective"),
     "traffic": ("scinjax.cli.traffic", "main", "bytes per link of full-size models"),
     "timing": ("scinjax.cli.timing", "main", "All-Reduce latency vs message size"),
     "e2e": ("scinjax.cli.e2e", "main", "LLaMA-2 TTFT / TPOT per algorithm"),
     "moe-traffic": ("scinjax.cli.moe_traffic", "main", "MoE dispatch/combine bytes and time"),
+    "moe-study": ("scinjax.cli.moe_study", "main", "accuracy of quantized MoE dispatch/combine"),
     "train": ("scinjax.cli.train", "main", "DP x TP training with emulated collectives"),
 }
 
