@@ -25,6 +25,7 @@ from scinjax.formats import (
     wire_bytes,
 )
 from scinjax.traffic import TrafficRecord, TrafficReport, algbw, busbw, count_traffic
+from scinjax.transforms import emulate, psum
 
 __version__ = "0.1.0"
 
@@ -46,7 +47,9 @@ __all__ = [
     "collectives",
     "count_traffic",
     "dequantize",
+    "emulate",
     "formats",
+    "psum",
     "quantize",
     "reduce_scatter",
     "traffic",

@@ -1,0 +1,6 @@
+"""Drop-ins for research code: ``psum`` and the ``emulate`` transform."""
+
+from scinjax.transforms._emulate import CallSite, emulate, register_rewrite
+from scinjax.transforms._psum import as_replicated, psum
+
+__all__ = ["CallSite", "as_replicated", "emulate", "psum", "register_rewrite"]
