@@ -2,6 +2,7 @@
 
 from scinjax.traffic._ledger import TrafficReport, algbw, busbw, count_traffic
 from scinjax.traffic._records import TrafficRecord, collective_record
+from scinjax.traffic._sg_records import scatter_gather_record
 
 __all__ = [
     "TrafficRecord",
@@ -10,4 +11,5 @@ __all__ = [
     "busbw",
     "collective_record",
     "count_traffic",
+    "scatter_gather_record",
 ]

@@ -8,7 +8,9 @@ from collections import Counter
 import jax
 
 from scinjax.collectives._marker import lookup
+from scinjax.collectives._scatter_gather import SGSpec, lookup_sg
 from scinjax.traffic._records import TrafficRecord, collective_record
+from scinjax.traffic._sg_records import sg_spec_record
 
 __all__ = ["TrafficReport", "count_traffic", "algbw", "busbw"]
 
@@ -133,7 +135,8 @@ def _is_call(eqn) -> bool:
 
 def _walk(jaxpr, multiplicity: int, found: Counter, recompute: bool = False) -> None:
     for eqn in jaxpr.eqns:
-        spec = lookup(str(eqn.params.get("name", "")))
+        name = str(eqn.params.get("name", ""))
+        spec = lookup(name) or lookup_sg(name)
         if spec is not None:
             if _is_call(eqn):
                 phase = "recompute" if recompute and spec.phase == "forward" else spec.phase
@@ -176,7 +179,9 @@ def count_traffic(fn, *args, **kwargs) -> TrafficReport:
     found: Counter = Counter()
     _walk(closed.jaxpr, 1, found)
     records = tuple(
-        collective_record(
+        sg_spec_record(spec, count, phase)
+        if isinstance(spec, SGSpec)
+        else collective_record(
             spec.algorithm,
             n_ranks=spec.n_ranks,
             shape=spec.shape,

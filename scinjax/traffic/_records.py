@@ -44,6 +44,8 @@ class TrafficRecord:
     # "forward", "backward" (the All-Reduce of cotangents under jax.grad) or "recompute"
     # (a forward call run again by jax.checkpoint in the backward pass)
     phase: str = "forward"
+    # "allreduce", or "reduce_scatter" / "all_gather" (shape: the per-rank input)
+    kind: str = "allreduce"
 
     @property
     def elements(self) -> int:
@@ -69,7 +71,8 @@ class TrafficRecord:
 
     @property
     def collective(self) -> str:
-        return str(Collective(algorithm=self.algorithm, uplink=self.uplink, downlink=self.downlink))
+        name = str(Collective(algorithm=self.algorithm, uplink=self.uplink, downlink=self.downlink))
+        return name if self.kind == "allreduce" else f"{self.kind}[{name}]"
 
     def to_dict(self) -> dict:
         return dict(
@@ -83,6 +86,7 @@ class TrafficRecord:
             downlink=None if self.downlink is None else self.downlink.name,
             label=self.label,
             phase=self.phase,
+            kind=self.kind,
             calls=self.calls,
             up_payload=list(self.up_payload),
             up_scale=list(self.up_scale),
