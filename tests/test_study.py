@@ -150,6 +150,9 @@ def test_variants_parse_dedupe_and_reference_first():
     assert isinstance(vs[2].spec, CallPolicy)
     with pytest.raises(ValueError, match="variant 'warp:int8'"):
         parse_variants(["warp:int8"])
+    names = [v.name for v in parse_variants(["field", "scin:int8"])]
+    assert names[:3] == ["exact", "scin", "scin:int8"] and len(names) == len(set(names))
+    assert {"scin:nvfp4", "quickreduce-q4", "flashinfer-fp8", "trtllm-fp8"} <= set(names)
 
 
 # ------------------------------------------------------------- tiny end-to-end run

@@ -8,8 +8,6 @@ import sys
 
 __all__ = ["main", "parser", "split_specs"]
 
-DEFAULT_VARIANTS_HELP = "exact ring nvls scin scin:int8 scin:mxint8 scin:int4 ..."
-
 
 def split_specs(items: list[str]) -> list[str]:
     """Variant specs given space and/or comma separated."""
@@ -41,9 +39,10 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(DEFAULT_VARIANTS),
         metavar="SPEC",
-        help="collectives ALGO[:UP[/DOWN]][+order=..][+accumulate=..] or policies "
-        "SPEC@mlp_out / SPEC@layers=2..27, space or comma separated (default: "
-        f"{' '.join(DEFAULT_VARIANTS)}); exact always runs as the reference",
+        help="collectives ALGO[:UP[/DOWN]][+order=..][+accumulate=..], policies "
+        "SPEC@mlp_out / SPEC@layers=2..27, or a named set (default, field, policies), space "
+        f"or comma separated (default: {' '.join(DEFAULT_VARIANTS)}); exact always runs as "
+        "the reference",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", metavar="FILE", help="UTF-8 text (default: CPython prose)")

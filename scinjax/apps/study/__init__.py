@@ -20,12 +20,13 @@ from .output import format_percentiles, format_table, seed_spread, write_results
 from .plots import plot_results
 from .runner import DEFAULT_VARIANTS, run_study, versions, wire_traffic
 from .stats import PERCENTILES, VariantStats, WindowSums, batch_means_se
-from .variants import REFERENCE, Variant, parse_variants
+from .variants import REFERENCE, VARIANT_SETS, Variant, parse_variants
 
 __all__ = [
     "DEFAULT_VARIANTS",
     "PERCENTILES",
     "REFERENCE",
+    "VARIANT_SETS",
     "Corpus",
     "ScoringWindows",
     "Variant",

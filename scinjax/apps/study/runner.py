@@ -23,22 +23,11 @@ from scinjax._progress import progress as progress_bar
 from . import metrics
 from .corpus import Corpus, check_length, default_corpus, scoring_windows
 from .stats import VariantStats
-from .variants import REFERENCE, Variant, parse_variants
+from .variants import REFERENCE, VARIANT_SETS, Variant, parse_variants
 
 __all__ = ["DEFAULT_VARIANTS", "run_study", "wire_traffic", "versions"]
 
-DEFAULT_VARIANTS = (
-    "exact",
-    "ring",
-    "nvls",
-    "scin",
-    "scin:int8",
-    "scin:mxint8",
-    "scin:int4",
-    "scin:int8/bf16",
-    "scin:bf16/int8",
-    "two_shot:int8",
-)
+DEFAULT_VARIANTS = VARIANT_SETS["default"]
 
 _VERSIONED = ("jax", "jaxlib", "flax", "numpy", "ml_dtypes", "gguf", "tokenizers", "scinjax")
 
