@@ -448,3 +448,13 @@ def test_timing_treats_peers_as_quantized_two_shot():
     assert allreduce_time("quickreduce-q8", size, n_ranks=8, profile=profile) == base
     q4 = allreduce_time("quickreduce-q4", size, n_ranks=8, profile=profile)
     assert 0 < q4 < base  # fewer bytes
+
+
+def test_flashinfer_sum_starts_from_positive_zero():
+    """0.0 + (-0) + (-0) = +0: two contributions that dequantize to -0 sum to +0 (XLA must
+    not drop the 0.0 seed), on the owner's and the other ranks' segments alike."""
+    x = np.zeros((2, 512), np.float32)
+    x[:, [0, 256]] = -1e-4  # under a = 448, -1e-4 * 1 rounds to a -0 code
+    x[:, [1, 257]] = 448.0
+    out = np.asarray(run("flashinfer-fp8", jnp.asarray(x, jnp.bfloat16)), np.float32)
+    assert (out[:, [0, 256]] == 0).all() and not np.signbit(out[:, [0, 256]]).any()

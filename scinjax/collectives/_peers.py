@@ -220,8 +220,10 @@ def _flashinfer(flat, gather, n_ranks: int, rank, segments):
     v = to_f32(flat)
     q, s = _fi_quantize(v)
     contributions = _fi_dequantize(gather(q), gather(s))  # float32 [N, padded]
-    acc = jnp.zeros_like(contributions[0])
-    for i in range(n_ranks):  # 0.0 + c_0 + ... + c_{N-1}
+    # 0.0 + c_0 + ... + c_{N-1}. XLA folds a literal `0.0 + c_0` into `c_0`, which keeps
+    # a -0; written out: +0.0 + c_0 is c_0 with -0 turned into +0 (c_0 is already flushed).
+    acc = jnp.where(contributions[0] == 0, jnp.float32(0.0), contributions[0])
+    for i in range(1, n_ranks):
         acc = ftz(acc + contributions[i])
     q2, s2 = _fi_quantize(acc)
     others = _fi_dequantize(q2, s2).astype(jnp.bfloat16)
