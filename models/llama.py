@@ -59,6 +59,8 @@ class Reducer:
       first_layer: the first layer of the run of layers this reducer serves
         (a policy's layer selectors are resolved with it; `Llama` splits the
         layers into runs on which the policy is constant).
+      backward: the collective that All-Reduces the cotangents in the backward
+        pass (`scinjax.allreduce`'s `backward=`; default the exact one).
     """
 
     collective: Collective | CallPolicy
@@ -68,6 +70,7 @@ class Reducer:
     axis_name: str = AXIS_NAME
     first_layer: int | None = None
     probe: bool = False  # record per-call error statistics (see `probe_stats`)
+    backward: Collective | str = "exact"
 
     def pick(self, label: str, layer: int | None = None) -> Collective:
         """The collective of call site `label` (at `layer`, default `first_layer`)."""
@@ -90,7 +93,11 @@ class Reducer:
         wire = partials.astype(self.compute_dtype if exact else self.wire_dtype)
 
         def one_rank(p):  # [M, D] of one rank -> [M, D], identical on every rank
-            return collective(p, self.axis_name, key=key, label=label)
+            if self.backward == "exact":
+                return collective(p, self.axis_name, key=key, label=label)
+            return allreduce(
+                p, self.axis_name, collective, key=key, label=label, backward=self.backward
+            )
 
         if self.batched:
             out = jax.vmap(one_rank, axis_name=self.axis_name)(wire)[0]  # rows are equal

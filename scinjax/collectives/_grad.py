@@ -41,6 +41,12 @@ def with_vjp(
     """
 
     def primal(x, key=None):
+        # custom_vjp may trace the forward lazily too (jax.grad of a scan whose body
+        # vmaps over the axis, e.g. the TP model's layers): bind the name as in bwd.
+        with _core.extend_axis_env_nd([(axis_name, n_ranks)]):
+            return _primal(x, key)
+
+    def _primal(x, key=None):
         y = forward(x) if key is None else forward(x, key)
         # Under vmap the reduced result is one unbatched array, broadcast to the ranks
         # only when vmap returns; its cotangent would then arrive already summed over
