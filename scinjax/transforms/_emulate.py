@@ -47,6 +47,8 @@ class CallSite:
 class _Context:
     pick: Callable[[CallSite], Collective | None]
     key: jax.Array | None
+    backward: str | Collective = "exact"
+    ste: bool = True
     count: int = 0
 
 
@@ -136,7 +138,17 @@ def _psum_rule(eqn, invals, ctx: _Context):
             continue
         key = None if ctx.key is None else jax.random.fold_in(ctx.key, site.index)
         name = axes[0] if len(axes) == 1 else axes
-        outs.append(psum(x, name, collective=coll, key=key, label=f"psum{site.index}"))
+        outs.append(
+            psum(
+                x,
+                name,
+                collective=coll,
+                key=key,
+                label=f"psum{site.index}",
+                backward=ctx.backward,
+                ste=ctx.ste,
+            )
+        )
     return outs
 
 
@@ -281,6 +293,8 @@ def emulate(
     axis_names=None,
     policy=None,
     key=None,
+    backward: str | Collective = "exact",
+    ste: bool = True,
 ) -> Callable:
     """``fn`` with every ``psum`` inside it run by the emulated ``collective``.
 
@@ -289,18 +303,22 @@ def emulate(
     ``jax.vmap(..., axis_name=...)``). ``axis_names``: only psums over these axes are
     rewritten. ``policy``: per call site, a callable ``CallSite -> spec`` (``None`` keeps
     ``lax.psum``) or a dict ``{axis_name: spec}``; sites are numbered in order of
-    appearance. ``key`` feeds stochastic formats (folded with the site index). The result
+    appearance. ``key`` feeds stochastic formats (folded with the site index);
+    ``backward``/``ste`` as in :func:`scinjax.allreduce` (every site). The result
     is differentiable, jit-able, and ``count_traffic(emulate(fn, ...), *args)`` counts its
     bytes (records labelled ``psum<index>``).
     """
     if not callable(fn):
         raise TypeError(f"emulate needs a callable, got {type(fn).__name__}")
     pick = _picker(Collective.parse(collective), axis_names, policy)
+    Collective.parse(backward)  # a bad spec fails here, not at the first call
+    if not isinstance(ste, bool):
+        raise TypeError(f"ste must be True or False, got {ste!r}")
 
     @functools.wraps(fn)
     def emulated(*args, **kwargs):
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
-        ctx = _Context(pick=pick, key=key)
+        ctx = _Context(pick=pick, key=key, backward=backward, ste=ste)
         flat = jax.tree.leaves((args, kwargs))
         outs = _eval(closed.jaxpr, closed.consts, flat, ctx)
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
