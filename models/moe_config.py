@@ -48,7 +48,7 @@ class MoEConfig:
 
 _PRESETS = {
     "tiny-moe": MoEConfig(
-        name="tiny-moe", hidden=64, n_experts=8, top_k=2, intermediate=128, moe_layers=2
+        name="tiny-moe", hidden=64, n_experts=8, top_k=2, intermediate=96, moe_layers=2
     ),
     # Mixtral-8x7B: hidden 4096, 8 experts, top-2, FFN 14336, 32 layers, all MoE
     "mixtral-8x7b": MoEConfig(

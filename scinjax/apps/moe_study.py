@@ -29,7 +29,15 @@ from scinjax.apps.study.stats import batch_means_se
 from scinjax.models.moe_lm import MoELMConfig, forward, init_params, load_balance_loss
 from scinjax.moe import EPConfig
 
-__all__ = ["DEFAULT_VARIANTS", "REFERENCE", "parse_variant", "report", "run_study", "train"]
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "REFERENCE",
+    "measured_routing",
+    "parse_variant",
+    "report",
+    "run_study",
+    "train",
+]
 
 REFERENCE = "dedup:fp32/fp32"
 DEFAULT_VARIANTS = (
@@ -184,6 +192,34 @@ def run_study(
         ),
         variants=rows,
     )
+
+
+def measured_routing(tokens: int, *, steps=200, seed=0, seq=128, layer=0, show_progress=True):
+    """Expert ids ``[tokens, k]`` that the trained tiny MoE LM's router picks at ``layer``
+    for consecutive held-out windows of ``seq`` bytes (token t of window w is row
+    ``w * seq + t``). Trains first (``steps`` steps, as :func:`run_study`)."""
+    cfg = MoELMConfig()
+    params, _ = train(
+        cfg,
+        ranks=4,
+        batch=4,
+        seq=seq,
+        steps=steps,
+        lr=3e-3,
+        seed=seed,
+        show_progress=show_progress,
+    )
+    _, held = _data(pydoc_prose())
+    n_win = -(-tokens // seq)
+    if n_win * seq + 1 > len(held):
+        raise ValueError(
+            f"{tokens} tokens exceed the held-out text ({len(held)} bytes); ask for fewer"
+        )
+    win = np.stack([held[i * seq : i * seq + seq] for i in range(n_win)])
+    ep = parse_variant(REFERENCE, cfg.n_experts)
+    fn = jax.jit(lambda p, tok: forward(p, tok, cfg, ep)[1][0][layer])  # [1, B*T, k]
+    out = [np.asarray(fn(params, jnp.asarray(win[a : a + 16][None]))) for a in range(0, n_win, 16)]
+    return np.concatenate([o.reshape(-1, cfg.top_k) for o in out])[:tokens].astype(np.int32)
 
 
 def format_table(result: dict) -> str:

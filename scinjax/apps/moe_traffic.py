@@ -26,7 +26,8 @@ from scinjax.timing.moe import expert_gemm_seconds, moe_layer_time
 __all__ = ["DEFAULT_FORMATS", "ROUTINGS", "moe_traffic_rows", "report", "sample_routing"]
 
 DEFAULT_FORMATS = ("bf16/bf16", "mxfp8/bf16", "bf16/int8", "mxfp8/int8")
-ROUTINGS = ("uniform", "skewed")
+ROUTINGS = ("uniform", "skewed", "measured")
+DEFAULT_ROUTINGS = ("uniform", "skewed")
 
 
 def sample_routing(kind: str, tokens: int, n_experts: int, k: int, seed: int) -> np.ndarray:
@@ -35,8 +36,8 @@ def sample_routing(kind: str, tokens: int, n_experts: int, k: int, seed: int) ->
     ``uniform``: every k-subset equally likely. ``skewed``: expert e has weight
     ``(e + 1) ** -1`` (synthetic Zipf popularity; experts 0.. are hot, so rank 0 is).
     """
-    if kind not in ROUTINGS:
-        raise ValueError(f"unknown routing {kind!r}; use one of {ROUTINGS}")
+    if kind not in ROUTINGS[:2]:
+        raise ValueError(f"unknown sampled routing {kind!r}; use one of {ROUTINGS[:2]}")
     rng = np.random.default_rng(seed)
     logw = np.zeros(n_experts) if kind == "uniform" else -np.log(np.arange(1, n_experts + 1))
     out = np.empty((tokens, k), np.int32)
@@ -61,10 +62,11 @@ def moe_traffic_rows(
     ep_sizes,
     tokens: int,
     formats=DEFAULT_FORMATS,
-    routings=ROUTINGS,
+    routings=DEFAULT_ROUTINGS,
     profile: str = "h100-nvswitch-8",
     chunks: int = 16,
     seed: int = 0,
+    train_steps: int = 200,
     show_progress: bool = True,
 ) -> list[dict]:
     """One dict per (EP size, routing, formats, algorithm): bytes per rank and layer time."""
@@ -75,13 +77,31 @@ def moe_traffic_rows(
                 f"--ep {n} does not divide {cfg.name}'s {cfg.n_experts} experts; pick EP "
                 "sizes that divide the expert count"
             )
+    for routing in routings:
+        if routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {routing!r}; use one of {ROUTINGS}")
+    measured = None
+    if "measured" in routings:
+        if cfg.name != "tiny-moe":
+            raise ValueError(
+                "--routing measured needs --model tiny-moe (the only MoE with trained weights "
+                "here: scinjax moe-study's tiny LM); use uniform or skewed for full-size shapes"
+            )
+        from scinjax.apps.moe_study import measured_routing
+
+        measured = measured_routing(
+            max(ep_sizes) * tokens, steps=train_steps, seed=seed, show_progress=show_progress
+        )
     rows = []
     total = len(ep_sizes) * len(routings)
     with progress(total, desc="moe-traffic", unit="routing", enabled=show_progress) as bar:
         for n in ep_sizes:
             sources = np.repeat(np.arange(n, dtype=np.int32), tokens)
             for routing in routings:
-                experts = sample_routing(routing, n * tokens, cfg.n_experts, cfg.top_k, seed)
+                if routing == "measured":  # rank s holds tokens s*T .. (s+1)*T - 1
+                    experts = measured[: n * tokens]
+                else:
+                    experts = sample_routing(routing, n * tokens, cfg.n_experts, cfg.top_k, seed)
                 # expert GEMMs of the busiest rank: the pairs its experts receive (local
                 # ones included) plus its own tokens through the shared experts
                 pairs = np.bincount(experts.ravel() // (cfg.n_experts // n), minlength=n)
@@ -166,14 +186,15 @@ def moe_traffic_rows(
 
 
 def format_table(rows: list[dict]) -> str:
-    mb = 1e6
+    biggest = max((max(r["max_rank"].values()) for r in rows), default=0)
+    mb, unit = (1e6, "MB") if biggest >= 1e6 else (1e3, "KB")
     head = (
-        f"{'EP':>3} {'routing':<8}{'disp/comb':<12}{'algorithm':<11}"
+        f"{'EP':>3} {'routing':<9}{'disp/comb':<12}{'algorithm':<11}"
         f"{'disp up':>9}{'disp dn':>9}{'comb up':>9}{'comb dn':>9}{'meta':>7}"
         f"{'saving':>8}{'seq us':>9}{'fused us':>9}{'x seq':>7}{'x fused':>8}{'x comm':>8}"
     )
     lines = [
-        "MB on the busiest rank's links per MoE layer (sampled routing); saving = total bytes"
+        f"{unit} on the busiest rank's links per MoE layer (sampled routing); saving = total bytes"
         " vs the row above;\nx = speedup over dedup with sequential phases (x comm: links only,"
         " no expert GEMM, fused)",
         head,
@@ -184,7 +205,7 @@ def format_table(rows: list[dict]) -> str:
         sav = r["saving_vs_previous"]
         sp = r["speedup_vs_dedup_sequential"]
         lines.append(
-            f"{r['ep']:>3} {r['routing']:<8}{r['dispatch_format'] + '/' + r['combine_format']:<12}"
+            f"{r['ep']:>3} {r['routing']:<9}{r['dispatch_format'] + '/' + r['combine_format']:<12}"
             f"{r['algorithm']:<11}{m['dispatch_up'] / mb:>9.1f}{m['dispatch_down'] / mb:>9.1f}"
             f"{m['combine_up'] / mb:>9.1f}{m['combine_down'] / mb:>9.1f}"
             f"{max(m['meta_up'], m['meta_down']) / mb:>7.1f}"
@@ -272,6 +293,7 @@ def report(args) -> int:
         profile=args.profile,
         chunks=args.chunks,
         seed=args.seed,
+        train_steps=args.train_steps,
     )
     print(format_table(rows))
     if args.json:
