@@ -19,6 +19,7 @@ from scinjax.collectives import parse_collective_or_policy
 from .config import LlamaConfig
 from .llama import AXIS_NAME, Llama, Reducer, layer_runs, split_layer_params
 from .tp import PER_RANK_AXES, TPPlan, check_ranks, make_plan
+from .weights import release_memory
 
 __all__ = ["MODES", "DTYPES", "LoadedModel", "build_model", "load", "make_module"]
 
@@ -358,7 +359,16 @@ def build_model(
     )
     dtype = jnp.dtype(_check_dtype("weights_dtype", weights_dtype or module.reducer.compute_dtype))
     view = "batched" if tp == 1 or mode == "vmap" else "global"
-    params = plan.params(weights, view, dtype, put=jnp.asarray, consume=consume_weights)
+
+    def put(a):
+        # On CPU, may_alias lets XLA adopt the (64-byte aligned) NumPy buffer instead of
+        # copying it; on a GPU it is a host-to-device copy and the host buffer is freed.
+        out = jax.device_put(a, may_alias=True)
+        if consume_weights:
+            release_memory()
+        return out
+
+    params = plan.params(weights, view, dtype, put=put, consume=consume_weights)
     if mode == "shard_map" and tp > 1:
         if mesh is None:
             devices = jax.devices()
@@ -399,7 +409,7 @@ def load(
     wdtype = _check_dtype("weights_dtype", weights_dtype or compute_dtype)
     from .loaders import load_weights
 
-    config, weights, tokenizer = load_weights(name_or_path, dtype=wdtype)
+    config, weights, tokenizer = load_weights(name_or_path, dtype=wdtype, lazy=True)
     return build_model(
         config,
         weights,

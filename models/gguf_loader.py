@@ -27,6 +27,7 @@ Layout facts this module relies on (llama.cpp ``convert_hf_to_gguf.py`` and ``gg
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 from typing import Any
 
@@ -132,6 +133,7 @@ _LAYER_TENSORS = {
     "ffn_down": "w_down",
 }
 _BIAS_TENSORS = {"attn_q": "bq", "attn_k": "bk", "attn_v": "bv"}
+_CHUNK_ELEMENTS = 1 << 20  # dequantize ~1M weights at a time (its temporaries are ~10x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +233,17 @@ def _config_from_reader(path: str, reader, name: str | None):
     return config, arch, tensors
 
 
+def _drop_file_pages(reader) -> None:
+    """Unmap the file pages read so far from this process (they stay in the page cache):
+    without this the whole quantized file counts in the resident set on top of the weights."""
+    mm = getattr(reader.data, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - platform dependent
+            pass
+
+
 def read_gguf_config(path: str | os.PathLike, *, name: str | None = None):
     """The ``LlamaConfig`` of a GGUF file from its metadata and tensor shapes (no weights read)."""
     path = os.fspath(path)
@@ -238,37 +251,65 @@ def read_gguf_config(path: str | os.PathLike, *, name: str | None = None):
     return _config_from_reader(path, reader, name)[0]
 
 
-def read_gguf(path: str | os.PathLike, *, name: str | None = None, dtype=np.float32):
+def read_gguf(
+    path: str | os.PathLike, *, name: str | None = None, dtype=np.float32, lazy: bool = False
+):
     """``(LlamaConfig, weights, Tokenizer)`` of a LLaMA-style GGUF file (llama, qwen2).
 
     Weights are in the canonical layout (see ``models.weights``), dequantized with
     ``gguf.quants.dequantize`` one tensor at a time and stored as ``dtype``
     (float32, or bfloat16/float16 to halve the memory): F32, F16, BF16, Q4_0/1,
     Q5_0/1, Q8_0, K-quants, IQ-quants: whatever the installed ``gguf`` supports.
+    With ``lazy``, the weights are `LazyArray`s read when used (the file stays open).
     """
     from .tokenizer import from_gguf_vocab
+    from .weights import LazyArray, materialize
 
     path = os.fspath(path)
     gguf, reader = _open(path)
     config, arch, tensors = _config_from_reader(path, reader, name)
     n_layers, n_head, n_kv = config.num_layers, config.num_heads, config.num_kv_heads
 
-    def load(tname: str) -> np.ndarray:
-        t = tensors.get(tname)
-        if t is None:
-            raise ValueError(f"{path}: tensor {tname!r} is missing; is this a LLaMA GGUF?")
+    def dequantize(t, rows=slice(None)) -> np.ndarray:
         try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
+            return np.asarray(gguf.quants.dequantize(t.data[rows], t.tensor_type), np.float32)
         except NotImplementedError as e:
             raise ValueError(
-                f"{path}: tensor {tname!r} has type {t.tensor_type.name}, which the installed "
+                f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which the installed "
                 f"gguf package cannot dequantize ({e}); upgrade gguf or convert the file to a "
                 "supported type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants)"
             ) from e
-        return np.asarray(w, dtype=np.float32)
 
-    def store(w: np.ndarray) -> np.ndarray:  # [out, in] -> canonical [in, out] in `dtype`
-        return np.ascontiguousarray(w.T if w.ndim == 2 else w, dtype=dtype)
+    def load(
+        tname: str, *, transpose: bool = True, heads: int | None = None, out=None
+    ) -> np.ndarray:
+        """Canonical array of one tensor in `dtype`: ``[out, in]`` rows dequantized a chunk
+        at a time straight into place (transposed; Q/K rows un-permuted with `heads`), so
+        the float32 temporaries are one chunk, not the whole tensor."""
+        t = tensors.get(tname)
+        if t is None:
+            raise ValueError(f"{path}: tensor {tname!r} is missing; is this a LLaMA GGUF?")
+        shape = _shape(t)
+        if len(shape) == 1:
+            w = np.asarray(dequantize(t).reshape(shape), dtype=dtype)
+            if out is not None:
+                out[...] = w
+            return w if out is None else out
+        rows = shape[0]
+        dst = np.arange(rows)  # GGUF row i -> canonical row/column dst[i]
+        if heads is not None:
+            dst = np.argsort(unpermute_qk_from_gguf(np.arange(rows)[:, None], heads)[:, 0])
+        if out is None:
+            out = np.empty(shape[::-1] if transpose else shape, dtype=dtype)
+        step = max(1, _CHUNK_ELEMENTS // shape[1])
+        for r0 in range(0, rows, step):
+            part = dequantize(t, slice(r0, r0 + step))
+            if transpose:
+                out[:, dst[r0 : r0 + step]] = part.T
+            else:
+                out[dst[r0 : r0 + step]] = part
+        _drop_file_pages(reader)
+        return out
 
     layer = {f"{g}.weight": c for g, c in _LAYER_TENSORS.items()}
     if arch.qkv_bias:
@@ -282,17 +323,30 @@ def read_gguf(path: str | os.PathLike, *, name: str | None = None, dtype=np.floa
             f"have: {extra[:6]}{' ...' if len(extra) > 6 else ''}; this GGUF is not supported"
         )
 
-    weights: dict[str, np.ndarray] = {"embed": np.asarray(load("token_embd.weight"), dtype=dtype)}
+    def lazy_load(tname: str, *, transpose: bool = True, heads: int | None = None):
+        t = tensors.get(tname)
+        if t is None:
+            raise ValueError(f"{path}: tensor {tname!r} is missing; is this a LLaMA GGUF?")
+        shape = _shape(t)
+        shape = shape[::-1] if transpose and len(shape) == 2 else shape
+        return LazyArray(
+            shape, dtype, lambda out: load(tname, transpose=transpose, heads=heads, out=out)
+        )
+
+    weights = {"embed": lazy_load("token_embd.weight", transpose=False)}
     for i in range(n_layers):
         for gname, cname in layer.items():
-            w = load(f"blk.{i}.{gname}")
-            if arch.permute_qk and gname.startswith(("attn_q.", "attn_k.")):
-                w = unpermute_qk_from_gguf(w, n_head if gname.startswith("attn_q") else n_kv)
-            weights[f"layers.{i}.{cname}"] = store(w)
-            del w
-    weights["final_norm"] = store(load("output_norm.weight"))
+            heads = None
+            if arch.permute_qk and gname == "attn_q.weight":
+                heads = n_head
+            elif arch.permute_qk and gname == "attn_k.weight":
+                heads = n_kv
+            weights[f"layers.{i}.{cname}"] = lazy_load(f"blk.{i}.{gname}", heads=heads)
+    weights["final_norm"] = lazy_load("output_norm.weight")
     if not config.tie_embeddings:
-        weights["lm_head"] = store(load("output.weight"))
+        weights["lm_head"] = lazy_load("output.weight")
+    if not lazy:
+        weights = materialize(weights)
 
     tok_model = _value(reader, "tokenizer.ggml.model")
     if tok_model is None:
@@ -310,4 +364,7 @@ def read_gguf(path: str | os.PathLike, *, name: str | None = None, dtype=np.floa
         add_bos=_value(reader, "tokenizer.ggml.add_bos_token"),
         source=path,
     )
+    # The parsed metadata (a NumPy view per vocabulary entry and merge: ~100 MB for a
+    # 49k vocabulary) is not needed by the lazy tensors; drop it before they are read.
+    reader.fields.clear()
     return config, weights, tokenizer

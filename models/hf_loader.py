@@ -257,14 +257,17 @@ def read_config(folder: str | os.PathLike, *, name: str | None = None):
     return config, raw
 
 
-def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None, dtype=np.float32):
+def read_hf_folder(
+    folder: str | os.PathLike, *, name: str | None = None, dtype=np.float32, lazy: bool = False
+):
     """``(LlamaConfig, weights, Tokenizer)`` of a Hugging Face Llama/Mistral/Qwen2 folder.
 
     Tensors are read and converted one at a time (to ``dtype``: float32, or
     bfloat16/float16 to halve the memory), so the peak is the final weights
-    plus one tensor.
+    plus one tensor. With ``lazy``, the weights are `LazyArray`s read when used.
     """
     from .tokenizer import from_hf_folder
+    from .weights import LazyArray, materialize
 
     folder = os.fspath(folder)
     config, raw = read_config(folder, name=name)
@@ -277,13 +280,21 @@ def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None, dtype=
     handles = _open_safetensors(files)
     used: set[str] = set()
 
-    def take(key: str, transpose: bool = False) -> np.ndarray:
+    def read(key: str, transpose: bool, out) -> np.ndarray:
+        w = handles[key].get_tensor(key)
+        w = np.ascontiguousarray(w.T if transpose and w.ndim == 2 else w, dtype=dtype)
+        if out is None:
+            return w
+        out[...] = w
+        return out
+
+    def take(key: str, transpose: bool = False):
         if key not in handles:
             raise ValueError(f"{folder}: tensor {key!r} missing from the safetensors files")
         used.add(key)
-        w = handles[key].get_tensor(key)
-        w = w.T if transpose and w.ndim == 2 else w
-        return np.ascontiguousarray(w, dtype=dtype)
+        shape = handles[key].get_slice(key).get_shape()
+        shape = shape[::-1] if transpose and len(shape) == 2 else shape
+        return LazyArray(shape, dtype, lambda out: read(key, transpose, out))
 
     weights = {"embed": take("model.embed_tokens.weight")}
     layer = _LAYER | (_BIAS if config.qkv_bias else {})
@@ -305,4 +316,4 @@ def read_hf_folder(folder: str | os.PathLike, *, name: str | None = None, dtype=
             f"({config.vocab_size}, {config.hidden_size})"
         )
     tokenizer = from_hf_folder(folder, raw)
-    return config, weights, tokenizer
+    return config, (weights if lazy else materialize(weights)), tokenizer

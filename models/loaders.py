@@ -63,8 +63,21 @@ def smollm2_gguf_path() -> str:
     )
 
 
-def load_weights(name_or_path: str | os.PathLike | None = None):
-    """``(LlamaConfig, weights, Tokenizer)`` for a model name, a GGUF file or a HF folder."""
+def load_weights(
+    name_or_path: str | os.PathLike | None = None, *, dtype="float32", lazy: bool = False
+):
+    """``(LlamaConfig, weights, Tokenizer)`` for a model name, a GGUF file or a HF folder.
+
+    ``dtype`` ("float32", "bfloat16" or "float16"): the weights' dtype, each tensor
+    converted as it is read (never a float32 copy of the whole model first). With
+    ``lazy``, the values are `LazyArray`s read when used (what `models.load` does).
+    """
+    import ml_dtypes
+
+    dtypes = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+    if str(dtype) not in dtypes:
+        raise ValueError(f"weights dtype must be one of {tuple(dtypes)}, got {dtype!r}")
+    dtype = np.dtype(dtypes[str(dtype)])
     from .gguf_loader import read_gguf
     from .hf_loader import read_hf_folder
 
@@ -72,13 +85,13 @@ def load_weights(name_or_path: str | os.PathLike | None = None):
         isinstance(name_or_path, str) and name_or_path.lower() in (SMOLLM2_NAME, "smollm2")
     ):
         path = smollm2_gguf_path()
-        config, weights, tok = read_gguf(path, name=SMOLLM2_NAME)
+        config, weights, tok = read_gguf(path, name=SMOLLM2_NAME, dtype=dtype, lazy=lazy)
     else:
         path = os.fspath(name_or_path)
         if os.path.isdir(path):
-            config, weights, tok = read_hf_folder(path)
+            config, weights, tok = read_hf_folder(path, dtype=dtype, lazy=lazy)
         elif os.path.isfile(path):
-            config, weights, tok = read_gguf(path)
+            config, weights, tok = read_gguf(path, dtype=dtype, lazy=lazy)
         elif path.lower().endswith(".gguf") or os.sep in path:
             raise FileNotFoundError(f"model file or folder not found: {path}")
         else:
@@ -92,9 +105,9 @@ def load_weights(name_or_path: str | os.PathLike | None = None):
         validate_weights(config, weights)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    not_f32 = sorted(k for k, w in weights.items() if w.dtype != np.float32)
-    if not_f32:
-        raise ValueError(f"{path}: loader bug, weights not float32: {not_f32[:5]}")
+    wrong = sorted(k for k, w in weights.items() if w.dtype != dtype)
+    if wrong:
+        raise ValueError(f"{path}: loader bug, weights not {dtype.name}: {wrong[:5]}")
     return config, weights, tok
 
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from .config import LlamaConfig
-from .weights import layer_keys, validate_weights
+from .weights import LazyArray, layer_keys, validate_weights
 
 __all__ = [
     "split_counts",
@@ -228,46 +228,86 @@ class TPPlan:
 
     # ---- weights -------------------------------------------------------------------------
 
+    def _layer_transforms(self, view: str) -> dict:
+        """Per-layer key -> function of one layer's canonical array giving its view slice."""
+        hd, q, kv, ff = self.config.head_dim, self.q_slots, self.kv_slots, self.ff_slots
+        keys = layer_keys(self.config)
+        same = lambda w: w  # noqa: E731
+        rows = lambda slots, width: lambda w: _rows(w, slots, width)  # noqa: E731
+        cols = lambda slots, width: lambda w: _cols(w, slots, width)  # noqa: E731
+        if view == "batched":
+            out = dict.fromkeys(keys, same)
+            out |= {"wo": rows(q, hd), "w_down": rows(ff, 1)}
+            return out
+        out = {"attn_norm": same, "mlp_norm": same, "wo": rows(q, hd), "w_down": rows(ff, 1)}
+        out |= {"wq": cols(q, hd), "wk": cols(kv, hd), "wv": cols(kv, hd)}
+        out |= {"w_gate": cols(ff, 1), "w_up": cols(ff, 1)}
+        out |= {"bq": rows(q, hd), "bk": rows(kv, hd), "bv": rows(kv, hd)}
+        return {k: out[k] for k in keys}
+
+    def params(self, weights, view: str, dtype=np.float32, *, put=None, consume=False) -> dict:
+        """Flax params of `view` ("batched" or "global") from canonical `weights`.
+
+        Built one leaf at a time: each per-layer leaf [L, ...] is filled layer by
+        layer in `dtype`, then handed to `put` (e.g. `jnp.asarray` to move it to
+        the device; default: kept as NumPy). With `consume`, every canonical
+        array is deleted from `weights` once copied, so peak memory is the final
+        params plus one leaf, not two full copies of the model.
+        """
+        if view not in ("batched", "global"):
+            raise ValueError(f"unknown view {view!r}; use 'batched' or 'global'")
+        c = self.config
+        validate_weights(c, weights)
+        put = put or (lambda a: a)
+        dtype = np.dtype(dtype)
+
+        def take(key):  # NumPy array or LazyArray (read by the caller, into place if it can)
+            w = weights[key]
+            if consume:
+                del weights[key]
+            return w
+
+        def whole(key):
+            w = take(key)
+            out = _aligned_empty(np.shape(w), dtype)
+            if isinstance(w, LazyArray) and w.dtype == dtype:
+                w.read(out)  # straight from the file into the param
+            else:
+                out[...] = np.asarray(w)
+            return put(out)
+
+        layers = {}
+        for k, f in self._layer_transforms(view).items():
+            out = None
+            for i in range(c.num_layers):
+                w = f(np.asarray(take(f"layers.{i}.{k}"), dtype=np.float32))
+                if out is None:
+                    out = _aligned_empty((c.num_layers, *w.shape), dtype)
+                out[i] = w
+            layers[k] = put(out)
+            del out, w
+        params = {"embed": whole("embed"), "layers": layers, "final_norm": whole("final_norm")}
+        if not c.tie_embeddings:
+            params["lm_head"] = whole("lm_head")
+        return {"params": params}
+
     def batched_params(self, weights, dtype=np.float32) -> dict:
         """Flax params of the batched program from canonical `weights`.
 
         Layer arrays are stacked over layers: wq [L, D, Hq*hd], wk/wv
-        [L, D, Hkv*hd], w_gate/w_up [L, D, F] as in the unsharded model;
-        wo [L, N, S*hd, D] and w_down [L, N, Sf, D] in rank slots.
+        [L, D, Hkv*hd], w_gate/w_up [L, D, F], biases [L, Hq*hd / Hkv*hd] as in
+        the unsharded model; wo [L, N, S*hd, D] and w_down [L, N, Sf, D] in rank slots.
         """
-        c = self.config
-        stacked = _stack_layers(c, weights)
-        layers = {k: stacked[k] for k in ("attn_norm", "wq", "wk", "wv", "mlp_norm")}
-        layers["wo"] = _take_rows(stacked["wo"], self.q_slots, c.head_dim)
-        layers["w_gate"], layers["w_up"] = stacked["w_gate"], stacked["w_up"]
-        layers["w_down"] = _take_rows(stacked["w_down"], self.ff_slots, 1)
-        for b in ("bq", "bk", "bv") if c.qkv_bias else ():
-            layers[b] = stacked[b]
-        return _params_tree(c, weights, layers, dtype)
+        return self.params(weights, "batched", dtype)
 
     def rank_params(self, weights, dtype=np.float32) -> dict:
         """Flax params of the per-rank program, all ranks stacked (global view).
 
         wq [L, D, N, S*hd], wk/wv [L, D, N, Skv*hd], w_gate/w_up
-        [L, D, N, Sf], wo [L, N, S*hd, D], w_down [L, N, Sf, D]; the rank
-        axis is `PER_RANK_AXES[key]`.
+        [L, D, N, Sf], wo [L, N, S*hd, D], w_down [L, N, Sf, D], bq [L, N, S*hd],
+        bk/bv [L, N, Skv*hd]; the rank axis is `PER_RANK_AXES[key]`.
         """
-        c = self.config
-        hd = c.head_dim
-        stacked = _stack_layers(c, weights)
-        layers = {k: stacked[k] for k in ("attn_norm", "mlp_norm")}
-        layers["wq"] = _take_cols(stacked["wq"], self.q_slots, hd)
-        layers["wk"] = _take_cols(stacked["wk"], self.kv_slots, hd)
-        layers["wv"] = _take_cols(stacked["wv"], self.kv_slots, hd)
-        layers["wo"] = _take_rows(stacked["wo"], self.q_slots, hd)
-        layers["w_gate"] = _take_cols(stacked["w_gate"], self.ff_slots, 1)
-        layers["w_up"] = _take_cols(stacked["w_up"], self.ff_slots, 1)
-        layers["w_down"] = _take_rows(stacked["w_down"], self.ff_slots, 1)
-        if c.qkv_bias:  # [L, n*hd] -> [L, N, S*hd], the columns of wq/wk/wv
-            layers["bq"] = _take_cols(stacked["bq"][:, None], self.q_slots, hd)[:, 0]
-            layers["bk"] = _take_cols(stacked["bk"][:, None], self.kv_slots, hd)[:, 0]
-            layers["bv"] = _take_cols(stacked["bv"][:, None], self.kv_slots, hd)[:, 0]
-        return _params_tree(c, weights, layers, dtype)
+        return self.params(weights, "global", dtype)
 
 
 def check_ranks(n_ranks) -> int:
@@ -292,12 +332,13 @@ def make_plan(config: LlamaConfig, n_ranks: int) -> TPPlan:
     )
 
 
-def _stack_layers(config: LlamaConfig, weights) -> dict[str, np.ndarray]:
-    validate_weights(config, weights)
-    return {
-        k: np.stack([np.asarray(weights[f"layers.{i}.{k}"]) for i in range(config.num_layers)])
-        for k in layer_keys(config)
-    }
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """np.empty on a 64-byte boundary: XLA:CPU then adopts the buffer without a copy."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = -raw.ctypes.data % align
+    return raw[off : off + n].view(dtype).reshape(shape)
 
 
 def _slot_index(slots, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,29 +349,17 @@ def _slot_index(slots, width: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(pad, 0, elem).reshape(idx.shape[0], -1), pad.reshape(idx.shape[0], -1)
 
 
-def _take_rows(w: np.ndarray, slots, width: int) -> np.ndarray:
-    """[L, n*width, D] -> [L, N, S*width, D], zero rows for padding slots."""
+def _rows(w: np.ndarray, slots, width: int) -> np.ndarray:
+    """[n*width, ...] -> [N, S*width, ...], zeros for padding slots (also 1-D biases)."""
     elem, pad = _slot_index(slots, width)
-    out = w[:, elem, :]
-    out[:, pad, :] = 0
+    out = w[elem]
+    out[pad] = 0
     return out
 
 
-def _take_cols(w: np.ndarray, slots, width: int) -> np.ndarray:
-    """[L, D, n*width] -> [L, D, N, S*width], zero columns for padding slots."""
+def _cols(w: np.ndarray, slots, width: int) -> np.ndarray:
+    """[D, n*width] -> [D, N, S*width], zero columns for padding slots."""
     elem, pad = _slot_index(slots, width)
-    out = w[:, :, elem]
-    out[:, :, pad] = 0
+    out = w[:, elem]
+    out[:, pad] = 0
     return out
-
-
-def _params_tree(config: LlamaConfig, weights, layers: dict, dtype) -> dict:
-    params = {
-        "embed": np.asarray(weights["embed"]),
-        "layers": layers,
-        "final_norm": np.asarray(weights["final_norm"]),
-    }
-    if not config.tie_embeddings:
-        params["lm_head"] = np.asarray(weights["lm_head"])
-    cast = lambda a: np.asarray(a, dtype=np.float32).astype(dtype, copy=False)  # noqa: E731
-    return {"params": jax.tree.map(cast, params)}

@@ -48,6 +48,9 @@ __all__ = [
     "validate_weights",
     "random_weights",
     "abstract_weights",
+    "release_memory",
+    "LazyArray",
+    "materialize",
 ]
 
 LAYER_KEYS = (
@@ -152,6 +155,67 @@ def random_weights(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
             w = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[0]))
         out[key] = w.astype(np.float32)
     return out
+
+
+class LazyArray:
+    """A weight read from its file when used: ``.shape``/``.dtype`` are known up front,
+    ``np.asarray(x)`` reads (and converts) it, every time it is called.
+
+    Loaders hand these to `TPPlan.params`, which pulls one tensor at a time into
+    the stacked params, so no full copy of the model exists besides the params.
+    """
+
+    __slots__ = ("shape", "dtype", "_read")
+
+    def __init__(self, shape, dtype, read) -> None:
+        """`read(out)` returns the array, written into `out` ([shape], dtype) when not None."""
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self._read = read
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The array, written into `out` when given (no second copy of a large tensor)."""
+        if out is not None and (out.shape != self.shape or out.dtype != self.dtype):
+            raise ValueError(f"out {out.shape} {out.dtype} does not match {self!r}")
+        return self._read(out)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._read(None)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"LazyArray(shape={self.shape}, dtype={self.dtype.name})"
+
+
+def materialize(weights: dict) -> dict[str, np.ndarray]:
+    """`weights` with every `LazyArray` read into a NumPy array, one at a time."""
+    return {k: np.asarray(v) for k, v in weights.items()}
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Loading frees many tensor-sized NumPy buffers while device buffers are being
+    allocated; glibc keeps freed heap chunks mapped, so without this the resident
+    set keeps the freed copies and the peak looks like two models.
+    """
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def abstract_weights(config: LlamaConfig, dtype=np.float32) -> dict[str, jax.ShapeDtypeStruct]:

@@ -490,3 +490,80 @@ def test_gguf_other_architectures_refused(tmp_path, tiny, arch):
     tg.write_gguf(path, config, w, arch=arch)
     with pytest.raises(ValueError, match=f"unsupported architecture '{arch}'"):
         load_weights(str(path))
+
+
+# ------------------------------------------------------------ lean loading, dtypes
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "hf"])
+def test_load_reads_each_tensor_once_into_place(tmp_path, monkeypatch, fmt):
+    """`models.load` pulls every tensor from the file exactly once, leaf by leaf (no full
+    canonical copy of the model), and gives the same logits as the eager loader."""
+    from scinjax.models import build_model, load
+    from scinjax.models.weights import LazyArray
+
+    config, w = tg.tiny_config(qkv_bias=fmt == "hf"), None
+    w = random_weights(config, seed=8)
+    path = tmp_path / ("m.gguf" if fmt == "gguf" else "hf")
+    if fmt == "gguf":
+        tg.write_gguf(path, config, w, qtype="Q8_0")
+    else:
+        tg.write_hf_folder(path, config, w, model_type="qwen2")
+    reads = []
+    real = LazyArray.read
+
+    def counted(self, out=None):
+        reads.append(self.shape)
+        return real(self, out)
+
+    monkeypatch.setattr(LazyArray, "read", counted)
+    monkeypatch.setattr(
+        LazyArray,
+        "__array__",
+        lambda self, dtype=None, copy=None: (
+            counted(self) if dtype is None else counted(self).astype(dtype)
+        ),
+    )
+    model = load(str(path), tp=2)
+    assert len(reads) == len(w)  # one read per canonical tensor
+    cfg, eager, _ = load_weights(str(path))
+    ids = [3, 50, 7, 99, 12]
+    np.testing.assert_array_equal(model.logits(ids), build_model(cfg, eager, tp=2).logits(ids))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_weights_dtype(tmp_path, dtype):
+    """weights_dtype stores params in bf16/f16 (half the bytes); activations stay float32,
+    so the logits equal the NumPy forward of the rounded weights."""
+    import jax
+    import ml_dtypes
+    from scinjax.models import load
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    config = tg.tiny_config()
+    w = random_weights(config, seed=9)
+    path = tmp_path / "m.gguf"
+    tg.write_gguf(path, config, w)
+    model = load(str(path), weights_dtype=dtype, tp=3)
+    assert {a.dtype.name for a in jax.tree.leaves(model.params)} == {dtype}
+    assert model.compute_dtype == "float32"
+    rounded = {k: v.astype(np_dtype).astype(np.float32) for k, v in w.items()}
+    ids = model.tokenizer.encode("the cat in 12 hats")
+    ref = forward(config, rounded, ids)
+    # float32 error of this tiny model ~1e-6; rounding the weights moves logits by >= 6e-4.
+    assert float(np.abs(model.logits(ids) - ref).max()) < 1e-4
+    assert float(np.abs(forward(config, w, ids) - ref).max()) > 4e-4  # the rounding shows
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        load(str(path), weights_dtype="int8")
+
+
+def test_build_model_consume_weights(tiny):
+    from scinjax.models import build_model
+
+    config, w = tiny
+    mine = dict(w)
+    ids = [1, 2, 3]
+    want = build_model(config, w, tp=2).logits(ids)
+    got = build_model(config, mine, tp=2, consume_weights=True).logits(ids)
+    assert mine == {} and len(w) > 0
+    np.testing.assert_array_equal(got, want)
