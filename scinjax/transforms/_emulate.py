@@ -2,7 +2,8 @@
 
 ``emulate(fn, "scin:int8")`` traces ``fn`` to a jaxpr and evaluates it again, replacing
 every ``psum`` (``lax.psum``; ``psum_invariant`` under ``shard_map`` with ``check_vma``) by
-:func:`scinjax.psum` with the chosen collective. Higher-order primitives that contain a
+:func:`scinjax.psum` with the chosen collective, and ``psum_scatter``/``all_gather`` by
+:func:`scinjax.reduce_scatter`/:func:`scinjax.all_gather`. Higher-order primitives that contain a
 ``psum`` are re-expressed with their public API around the rewritten body (``scan``,
 ``while_loop``, ``switch``, ``checkpoint``, ``shard_map``); ``jit`` and custom-derivative
 calls are inlined (their bodies then differentiate through the emulated collective's own
@@ -16,16 +17,20 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jcore
 
-from scinjax.collectives import Collective
+from scinjax.collectives import Collective, all_gather, reduce_scatter
 from scinjax.transforms._psum import REPLICATE_NAME, psum
 
 __all__ = ["CallSite", "emulate", "register_rewrite"]
 
 # psum under vmap / unchecked shard_map, and under shard_map with check_vma=True
 _PSUMS = ("psum", "psum_invariant")
+# jit names of scinjax's kernels (scinjax_allreduce_*, scinjax_sg_*) and REPLICATE_NAME
+_OURS = "scinjax_"
+assert REPLICATE_NAME.startswith(_OURS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,6 +68,11 @@ def _subjaxprs(params) -> list:
     return out
 
 
+def _is_ours(eqn) -> bool:
+    """scinjax's own jits (collective kernels, the exact replication step): kept as is."""
+    return str(eqn.params.get("name", "")).startswith(_OURS)
+
+
 @functools.lru_cache(maxsize=1024)
 def _contains(jaxpr) -> bool:
     """Whether ``jaxpr`` (recursively) holds a primitive that emulate rewrites."""
@@ -70,8 +80,8 @@ def _contains(jaxpr) -> bool:
         name = eqn.primitive.name
         if name in _REWRITES:
             return True
-        if str(eqn.params.get("name", "")).startswith(REPLICATE_NAME):
-            continue  # scinjax.psum's own exact replication step
+        if _is_ours(eqn):
+            continue
         if any(_contains(sub) for sub in _subjaxprs(eqn.params)):
             return True
     return False
@@ -108,7 +118,7 @@ def _eval_eqn(eqn, invals, ctx):
         return _REWRITES[name](eqn, invals, ctx)
     if not any(_contains(sub) for sub in _subjaxprs(eqn.params)):
         return _bind(eqn, invals)
-    if str(eqn.params.get("name", "")).startswith(REPLICATE_NAME):
+    if _is_ours(eqn):
         return _bind(eqn, invals)
     handler = _HIGHER_ORDER.get(name)
     if handler is None:
@@ -152,7 +162,55 @@ def _psum_rule(eqn, invals, ctx: _Context):
     return outs
 
 
+def _site(ctx: _Context, axes, x) -> tuple[CallSite, Collective | None]:
+    aval = jax.typeof(x)
+    site = CallSite(index=ctx.count, axes=axes, shape=tuple(aval.shape), dtype=aval.dtype.name)
+    ctx.count += 1
+    return site, ctx.pick(site)
+
+
+def _scatter_gather_rule(kind: str):
+    """``lax.psum_scatter`` / ``lax.all_gather`` (one operand) -> scinjax's, which work
+    tiled along axis 0: other dimensions are moved there, untiled ones added/removed."""
+    dim_param = "scatter_dimension" if kind == "reduce_scatter" else "all_gather_dimension"
+
+    def rule(eqn, invals, ctx):
+        p = eqn.params
+        axes = p["axis_name"] if isinstance(p["axis_name"], tuple) else (p["axis_name"],)
+        (x,) = invals
+        if (
+            p.get("axis_index_groups") is not None
+            or len(axes) != 1
+            or not isinstance(axes[0], str)
+            or jax.typeof(x).dtype.name not in ("bfloat16", "float16", "float32")
+        ):
+            return [_bind(eqn, invals)]
+        site, coll = _site(ctx, axes, x)
+        if coll is None:
+            return [_bind(eqn, invals)]
+        dim, tiled = p[dim_param], p["tiled"]
+        key = None if ctx.key is None else jax.random.fold_in(ctx.key, site.index)
+        opts = dict(key=key, label=f"{kind}{site.index}", backward=_transpose_backward(ctx))
+        if kind == "reduce_scatter":
+            out = reduce_scatter(jnp.moveaxis(x, dim, 0), axes[0], coll, **opts)
+            # untiled: [N, ...] -> [...], rank j keeps row j of the sum
+            return [out[0] if not tiled else jnp.moveaxis(out, 0, dim)]
+        v = x[None] if not tiled else jnp.moveaxis(x, dim, 0)
+        out = all_gather(v, axes[0], coll, **opts)  # [N m, ...]
+        return [jnp.moveaxis(out, 0, dim)]
+
+    return rule
+
+
+def _transpose_backward(ctx: _Context):
+    """emulate's ``backward`` names an All-Reduce; a scatter/gather's transpose is the
+    other one of the pair with the same algorithm and formats."""
+    return Collective.parse(ctx.backward)
+
+
 _REWRITES: dict[str, Callable] = {name: _psum_rule for name in _PSUMS}
+_REWRITES["reduce_scatter"] = _scatter_gather_rule("reduce_scatter")
+_REWRITES["all_gather"] = _scatter_gather_rule("all_gather")
 
 
 def register_rewrite(primitive_name: str, rule: Callable) -> None:
