@@ -118,9 +118,11 @@ def write_gguf(
     pre: str = "smollm",
     add_bos: bool = False,
     override_types: dict[str, str] | None = None,
+    raw_data: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write a GGUF; matrices in ``qtype``, 1-D tensors F32. Returns the tensors written
-    (dequantized back to float32 in PyTorch layout, Q/K still permuted)."""
+    (dequantized back to float32 in PyTorch layout, Q/K still permuted; not those given
+    as ``raw_data``: uint8 block bytes [rows, nbytes] written as is in their override type)."""
     import gguf
 
     tokens, types, merges = tiny_vocab()
@@ -153,6 +155,9 @@ def write_gguf(
     for name, arr in hf_layout(config, weights, permute=arch != "qwen2").items():
         t = (override_types or {}).get(name, qtype if arr.ndim == 2 else "F32")
         q = gguf.GGMLQuantizationType[t]
+        if name in (raw_data or {}):
+            w.add_tensor(name, raw_data[name], raw_dtype=q)
+            continue
         if t == "F32":
             data = arr.astype(np.float32)
             w.add_tensor(name, data)
