@@ -30,8 +30,11 @@ def to_f32(x: jnp.ndarray) -> jnp.ndarray:
     return ftz(x.astype(jnp.float32))
 
 
-def exact_div(num: jnp.ndarray, den: jnp.ndarray | float) -> jnp.ndarray:
+def exact_div(num: jnp.ndarray, den: jnp.ndarray | float, *, flush: bool = True) -> jnp.ndarray:
     """IEEE float32 ``num / den`` (RNE, flushed), broadcasting ``den`` to ``num``'s shape.
+
+    ``flush=False`` skips the flush of the quotient, for callers whose result provably does
+    not depend on it (it keeps XLA from fusing the division: measured 4x slower on CPU).
 
     XLA's algebraic simplifier turns a division by a broadcast (or a constant) into a
     multiplication by its reciprocal, which changes last bits. The divisor is therefore
@@ -43,7 +46,8 @@ def exact_div(num: jnp.ndarray, den: jnp.ndarray | float) -> jnp.ndarray:
     """
     zero = jnp.where(jnp.isfinite(num), num, 0.0) * 0.0  # +-0, never NaN
     den_full = lax.optimization_barrier(jnp.asarray(den, jnp.float32) + zero)
-    return ftz(num / den_full)
+    quotient = num / den_full
+    return ftz(quotient) if flush else quotient
 
 
 def check_float_input(x, what: str) -> None:

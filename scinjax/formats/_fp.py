@@ -20,6 +20,7 @@ from scinjax.formats._spec import FpFormat
 __all__ = ["Element", "ELEMENTS", "fp_quantize", "fp_dequantize", "decode_codes"]
 
 _F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)  # 2**-126, the smallest normal
 _E8M0_NAN = 0xFF
 _BIAS = 127
 
@@ -152,7 +153,9 @@ def _to_codes(r: jnp.ndarray, el: Element, u: jnp.ndarray | None) -> jnp.ndarray
     to M either way), which keeps every exponent in range.
     """
     sign = (lax.bitcast_convert_type(r, jnp.uint32) >> 31).astype(jnp.uint8)
-    mag = jnp.minimum(jnp.abs(r), 2.0 * el.max_value)
+    mag = jnp.abs(r)
+    # the flush-to-zero of the quotient/product r (done here, once, as a float compare)
+    mag = jnp.where(mag < _F32_TINY, 0.0, jnp.minimum(mag, 2.0 * el.max_value))
     e = jnp.where(mag > 0, jnp.maximum(_floor_log2(mag), el.emin), el.emin)
     t = mag * _pow2_exact(el.mbits - e)  # exact: a power-of-two multiply in normal range
     if u is None:
@@ -171,15 +174,21 @@ def _to_codes(r: jnp.ndarray, el: Element, u: jnp.ndarray | None) -> jnp.ndarray
     return code | (sign << (el.bits - 1))
 
 
+def _decode_bits(code: jnp.ndarray, el: Element) -> jnp.ndarray:
+    """Float32 values of uint8 sign-magnitude bit patterns (exact arithmetic, no table)."""
+    c = code.astype(jnp.int32)
+    field = (c >> el.mbits) & ((1 << el.ebits) - 1)
+    mant = c & ((1 << el.mbits) - 1)
+    # field 0: mant * 2**(emin - mbits); else (2**mbits + mant) * 2**(field - bias - mbits)
+    k = jnp.where(field == 0, mant, mant + (1 << el.mbits)).astype(jnp.float32)
+    mag = k * _pow2_exact(jnp.maximum(field, 1) - el.bias - el.mbits)
+    return jnp.where((c >> (el.bits - 1)) == 1, -mag, mag)
+
+
 def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
     """Float32 values of element codes (any of ``QArray.codes``' dtypes)."""
     if codes.dtype == jnp.uint8:
-        table = np.asarray(
-            [_decode_magnitude(el, c & ((1 << (el.bits - 1)) - 1)) for c in range(1 << el.bits)],
-            np.float32,
-        )
-        table = np.where(np.arange(1 << el.bits) >> (el.bits - 1) == 1, -table, table)
-        return jnp.asarray(table)[codes.astype(jnp.int32)]
+        return _decode_bits(codes, el)
     return codes.astype(jnp.float32)
 
 
@@ -190,7 +199,7 @@ def _store(code: jnp.ndarray, el: Element) -> jnp.ndarray:
     if el.bits == 8:
         return lax.bitcast_convert_type(code, el.dtype)
     # float4: the value of every code is exact in the type, so the cast is exact
-    return decode_codes(code, el).astype(el.dtype)
+    return _decode_bits(code, el).astype(el.dtype)
 
 
 def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
@@ -212,9 +221,15 @@ def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
     dead = poisoned | (s32 == 0)  # codes are all +0
     if fmt.scale == "nv":  # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
         m = jnp.minimum(exact_div(jnp.float32(1.0), jnp.where(dead, 1.0, s32)), _F32_MAX)
-        r = ftz(vb * m[..., None])
+        r = vb * m[..., None]
+    elif fmt.scale.startswith("e8m0"):
+        # v / 2**e == v * 2**-e exactly (same real number, one RNE), and 2**-e is a
+        # normal float32 (e in [-126, 125] for a live block): a multiply, cheaper
+        biased = lax.bitcast_convert_type(jnp.where(dead, 1.0, s32), jnp.uint32) >> 23
+        inv = lax.bitcast_convert_type((jnp.uint32(254) - biased) << 23, jnp.float32)
+        r = vb * inv[..., None]
     else:
-        r = exact_div(vb, jnp.where(dead, 1.0, s32)[..., None])
+        r = exact_div(vb, jnp.where(dead, 1.0, s32)[..., None], flush=False)
     code = _to_codes(r, el, ub)
     code = jnp.where(dead[..., None], jnp.uint8(0), code)
     return _store(code, el), stored, t_dec

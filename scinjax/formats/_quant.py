@@ -179,7 +179,9 @@ def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
     stored, s32 = _int_scales(a, poisoned, fmt)
     dead = poisoned | (s32 == 0)  # codes are all 0
     sb = jnp.where(dead, 1.0, s32)[..., None]
-    r = exact_div(vb, sb)
+    # RNE/away of a subnormal quotient is a zero code either way, so only stochastic
+    # rounding needs the flushed quotient (the flush keeps XLA from fusing the division)
+    r = exact_div(vb, sb, flush=fmt.stochastic)
     q = jnp.clip(_round(r, fmt, ub), -fmt.qmax, fmt.qmax)
     q = jnp.where(dead[..., None], 0.0, q).astype(jnp.int8)
     return QArray(_from_blocks(q, h), stored, fmt)
@@ -210,4 +212,5 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
         return _from_blocks(y, h).astype(dtype)
     s32 = _scale_values(q.scales, fmt)[..., None]  # [..., nb, 1]
     codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
-    return _from_blocks(ftz(codes * s32), h).astype(dtype)
+    # no flush needed: |code| >= 1 times a normal S (or 0, or NaN) is never subnormal
+    return _from_blocks(codes * s32, h).astype(dtype)
