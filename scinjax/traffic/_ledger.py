@@ -92,16 +92,16 @@ class TrafficReport:
 
     def table(self) -> str:
         """One line per record: calls, elements, bytes on rank 0's links, all-link total."""
-        head = f"{'collective':<22}{'label':<14}{'calls':>6}{'elements':>14}"
+        head = f"{'collective':<28}{'label':<14}{'calls':>6}{'elements':>14}"
         head += f"{'up[0] B':>16}{'down[0] B':>16}{'total B':>18}"
         lines = [head, "-" * len(head)]
         for r in self.records:
             lines.append(
-                f"{r.collective:<22}{_label(r):<14}{r.calls:>6}{r.elements:>14,}"
+                f"{r.collective:<27} {_label(r):<14}{r.calls:>6}{r.elements:>14,}"
                 f"{r.up[0]:>16,}{r.down[0]:>16,}{r.total:>18,}"
             )
         lines.append(
-            f"{'total':<36}{self.calls:>6}{'':>14}{self.up[0] if self.records else 0:>16,}"
+            f"{'total':<42}{self.calls:>6}{'':>14}{self.up[0] if self.records else 0:>16,}"
             f"{self.down[0] if self.records else 0:>16,}{self.total:>18,}"
         )
         return "\n".join(lines)
