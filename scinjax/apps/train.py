@@ -302,7 +302,7 @@ def plot_curves(result: dict, path) -> None:
     """Loss per step (mean over seeds, band = min..max) and the gap to the first run."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax, gap_ax = fig.subplots(1, 2)
     ref = np.array([r["losses"] for r in result["runs"][0]["seeds"]])
     for run in result["runs"]:
@@ -318,7 +318,8 @@ def plot_curves(result: dict, path) -> None:
     gap_ax.set_ylabel("loss - first run's loss")
     gap_ax.set_title("gap to the reference run")
     gap_ax.axhline(0.0, color="0.5", lw=0.8)
-    gap_ax.legend(fontsize=7, loc="upper right")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8)
     fig.savefig(path, dpi=120)
 
 
