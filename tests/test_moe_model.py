@@ -127,3 +127,31 @@ def test_bad_ep_size():
     x = jnp.zeros((3, T, H), jnp.float32)
     with pytest.raises(ValueError, match="do not split"):
         moe_mlp(x, jax.tree.map(jnp.asarray, params), EPConfig(n_experts=E), k=K)
+
+
+def test_count_ep_traffic_of_a_forward():
+    """Abstract shapes: every MoE layer found (3 inside a scan), each with spec/moe.md's
+    uniform-routing expectation, written out here for dysharp."""
+    import math
+
+    from scinjax.moe import count_ep_traffic
+
+    n, t, layers = 4, 5, 3
+    cfg = EPConfig(n_experts=E, algorithm="dysharp", dispatch_format="int8")
+    params = jax.tree.map(jnp.asarray, make_params(0))
+    stacked = jax.tree.map(lambda a: jnp.stack([a] * layers), params)
+
+    def fwd(p, x):
+        def body(x, lp):
+            return x + moe_mlp(x, lp, cfg, k=K)[0], None
+
+        return jax.lax.scan(body, x, p)[0]
+
+    (entry,) = count_ep_traffic(fwd, stacked, jax.ShapeDtypeStruct((n, t, H), jnp.float32))
+    assert entry.calls == layers
+    assert (entry.spec.n_ranks, entry.spec.tokens, entry.spec.k) == (n, t, K)
+    beta_d = H + math.ceil(H / 32) * 2  # int8: 1 byte per element + fp16 scale per 32
+    p_remote = 1 - math.comb(E // n, K) / math.comb(E, K)
+    assert float(entry.expected["dispatch_up"]) == pytest.approx(t * p_remote * beta_d)
+    d_rem = n * (1 - math.comb(E - E // n, K) / math.comb(E, K)) * (n - 1) / n
+    assert float(entry.expected["combine_up"]) == pytest.approx(t * d_rem * 2 * H)

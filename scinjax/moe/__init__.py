@@ -5,6 +5,7 @@ Exact per-link bytes from routing alone (:func:`ep_traffic`), and bit-exact
 ``dysharp`` (in-switch multicast dispatch, in-switch reduced combine).
 """
 
+from scinjax.moe._ledger import EPCallSpec, EPLedgerEntry, count_ep_traffic
 from scinjax.moe._ops import Dispatched, EPConfig, combine, dispatch, ep_moe
 from scinjax.moe._traffic import (
     EP_ALGORITHMS,
@@ -20,6 +21,8 @@ from scinjax.moe._traffic import (
 
 __all__ = [
     "Dispatched",
+    "EPCallSpec",
+    "EPLedgerEntry",
     "EPConfig",
     "combine",
     "dispatch",
@@ -28,6 +31,7 @@ __all__ = [
     "META_BYTES_PER_PAIR",
     "EPTraffic",
     "contiguous_placement",
+    "count_ep_traffic",
     "distinct_rank_counts",
     "ep_traffic",
     "expected_distinct_ranks",

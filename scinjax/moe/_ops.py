@@ -21,6 +21,7 @@ from jax import lax
 from scinjax.collectives import axis_size
 from scinjax.formats import dequantize, ftz, get, quantize, to_f32
 from scinjax.formats._f32 import check_float_input
+from scinjax.moe._ledger import EPCallSpec, ep_marker
 from scinjax.moe._traffic import EP_ALGORITHMS
 
 __all__ = ["Dispatched", "EPConfig", "combine", "dispatch", "ep_moe"]
@@ -170,6 +171,17 @@ def dispatch(x, experts, axis_name, cfg: EPConfig) -> Dispatched:
     cap = n * t if cfg.capacity is None else cfg.capacity
     rank = lax.axis_index(axis_name)
 
+    spec = EPCallSpec(
+        algorithm=cfg.algorithm,
+        n_ranks=n,
+        n_experts=cfg.n_experts,
+        tokens=t,
+        k=k,
+        hidden=x.shape[1],
+        dispatch_format=get(cfg.dispatch_format).name,
+        combine_format=get(cfg.combine_format).name,
+    )
+    x = ep_marker(spec)(x)  # found by count_ep_traffic; an identity
     q = quantize(x, cfg.dispatch_format)
     q_all = jax.tree.map(lambda a: lax.all_gather(a, axis_name), q)  # [N, T, ...]
     xin = dequantize(q_all, x.dtype).reshape(n * t, x.shape[1])  # [N*T, H]
