@@ -458,3 +458,14 @@ def test_flashinfer_sum_starts_from_positive_zero():
     x[:, [1, 257]] = 448.0
     out = np.asarray(run("flashinfer-fp8", jnp.asarray(x, jnp.bfloat16)), np.float32)
     assert (out[:, [0, 256]] == 0).all() and not np.signbit(out[:, [0, 256]]).any()
+
+
+def test_quickreduce_zero_code_takes_the_scale_sign():
+    """A small positive x under a negative E (m = +1): w = f16(x * -128) rounds to -0, but the
+    code is the integer 0, so it dequantizes to 0 * D = -0 (D = -2**-7); stage 2 likewise.
+    A signed -0 code would give +0 instead."""
+    x = np.zeros((2, 64), np.float32)
+    x[0, 0], x[0, 2] = 1.0, 0.001
+    out = np.asarray(run("quickreduce-q8", jnp.asarray(x, jnp.float16)), np.float32)
+    assert (out[:, 2] == 0).all() and np.signbit(out[:, 2]).all()
+    np.testing.assert_array_equal(out[:, 0], 1.0)
