@@ -41,6 +41,14 @@ _QWEN2 = (
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Mistral's Tekken (tokenizer.json of Mistral-Nemo); llama.cpp rewrites it without the
+# \p{Lu}/\p{Ll} classes its regex engine lacks, `tokenizers` runs the original.
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 #: ``tokenizer.ggml.pre`` -> the regexes llama.cpp applies, in order (llama-vocab.cpp).
 PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
     "default": (_GPT2,),
@@ -60,8 +68,19 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
     "llama3": (_LLAMA3,),
     "smaug-bpe": (_LLAMA3,),
     "qwen2": (_QWEN2,),
+    "tekken": (_TEKKEN,),
 }
 
+# Pre-tokenizers whose BPE takes a whole pre-token found in the vocabulary as one token
+# before any merge (HF ``ignore_merges``; llama.cpp ``tokenizer_ignore_merges``).
+_IGNORE_MERGES = frozenset({"llama-bpe", "llama3", "smaug-bpe", "tekken"})
+# Unicode normalization the model's tokenizer.json applies before pre-tokenizing.
+_NORMALIZER = {"qwen2": "NFC"}
+# Names that are not llama.cpp pre-tokenizers, with what to do instead.
+_NOT_PRE = {
+    "mistral": "Mistral 7B v0.1-v0.3 GGUFs carry a SentencePiece vocabulary "
+    "(tokenizer.ggml.model 'llama', supported); Tekken vocabularies use pre 'tekken'",
+}
 _CONTROL, _USER_DEFINED = 3, 4
 
 
@@ -134,6 +153,8 @@ def _split_merge(m: str) -> tuple[str, str]:
 
 def _bpe_gpt2(tokens, merges, token_types, pre: str):
     tk = _require_tokenizers()
+    if pre in _NOT_PRE:
+        raise ValueError(f"unsupported tokenizer.ggml.pre {pre!r}: {_NOT_PRE[pre]}")
     if pre not in PRE_TOKENIZER_REGEXES:
         raise ValueError(
             f"unsupported tokenizer.ggml.pre {pre!r} (llama.cpp pre-tokenizer); supported: "
@@ -141,8 +162,14 @@ def _bpe_gpt2(tokens, merges, token_types, pre: str):
             "scinjax.models.tokenizer.PRE_TOKENIZER_REGEXES"
         )
     vocab = {t: i for i, t in enumerate(tokens)}
-    model = tk.models.BPE(vocab=vocab, merges=[_split_merge(m) for m in merges])
+    model = tk.models.BPE(
+        vocab=vocab,
+        merges=[_split_merge(m) for m in merges],
+        ignore_merges=pre in _IGNORE_MERGES,
+    )
     tok = tk.Tokenizer(model)
+    if pre in _NORMALIZER:
+        tok.normalizer = getattr(tk.normalizers, _NORMALIZER[pre])()
     splits = [
         tk.pre_tokenizers.Split(tk.Regex(rx), behavior="isolated", invert=False)
         for rx in PRE_TOKENIZER_REGEXES[pre]
