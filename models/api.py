@@ -363,7 +363,10 @@ def build_model(
     def put(a):
         # On CPU, may_alias lets XLA adopt the (64-byte aligned) NumPy buffer instead of
         # copying it; on a GPU it is a host-to-device copy and the host buffer is freed.
-        out = jax.device_put(a, may_alias=True)
+        try:
+            out = jax.device_put(a, may_alias=True)
+        except TypeError:  # jax without may_alias: a copy
+            out = jnp.asarray(a)
         if consume_weights:
             release_memory()
         return out
