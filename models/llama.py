@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scinjax import CallPolicy, Collective, allreduce
+from scinjax import CallPolicy, Collective, all_gather, allreduce, reduce_scatter
 
 from .config import LlamaConfig
 from .layers import apply_rope, causal_attention, rms_norm, rope_tables, swiglu, to_slots
@@ -61,6 +61,12 @@ class Reducer:
         layers into runs on which the policy is constant).
       backward: the collective that All-Reduces the cotangents in the backward
         pass (`scinjax.allreduce`'s `backward=`; default the exact one).
+      sequence_parallel: Megatron sequence parallelism: each All-Reduce becomes a
+        reduce-scatter of the M = B*T tokens (after the row-parallel projection)
+        and an all-gather (before the next column-parallel one), both with the
+        same collective; M must be divisible by N. The residual add and the
+        norm between them act per token, so the emulation applies them to the
+        gathered rows: same bits, the sequence-parallel data movement and bytes.
     """
 
     collective: Collective | CallPolicy
@@ -71,6 +77,7 @@ class Reducer:
     first_layer: int | None = None
     probe: bool = False  # record per-call error statistics (see `probe_stats`)
     backward: Collective | str = "exact"
+    sequence_parallel: bool = False
 
     def pick(self, label: str, layer: int | None = None) -> Collective:
         """The collective of call site `label` (at `layer`, default `first_layer`)."""
@@ -93,6 +100,15 @@ class Reducer:
         wire = partials.astype(self.compute_dtype if exact else self.wire_dtype)
 
         def one_rank(p):  # [M, D] of one rank -> [M, D], identical on every rank
+            if self.sequence_parallel:  # [M, D] -> [M/N, D] -> [M, D]
+                keys = (None, None) if key is None else jax.random.split(key)
+                kw = dict(backward=self.backward)
+                shard = reduce_scatter(
+                    p, self.axis_name, collective, key=keys[0], label=f"{label}.rs", **kw
+                )
+                return all_gather(
+                    shard, self.axis_name, collective, key=keys[1], label=f"{label}.ag", **kw
+                )
             if self.backward == "exact":
                 return collective(p, self.axis_name, key=key, label=label)
             return allreduce(

@@ -340,3 +340,31 @@ def test_emulate_rewrites_psum_scatter_and_all_gather(coll):
         "all_gather3",
     ]
     assert [r.shape for r in rep.records] == [(8, 3, 32), (2, 3, 32), (4, 3, 32), (1, 3, 32)]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sequence_parallel_model_matches_the_allreduce_layout_in_exact_mode(n):
+    """Megatron SP (RS after the row-parallel projection, AG before the column-parallel one)
+    gives the All-Reduce layout's logits bit for bit with the exact collective."""
+    import dataclasses
+
+    from scinjax.models import build_model, get_config, random_weights
+
+    c = get_config("tiny-gqa")
+    model = build_model(c, random_weights(c, seed=1), tp=n, collective="exact")
+    sp = model.module.clone(
+        reducer=dataclasses.replace(model.module.reducer, sequence_parallel=True)
+    )
+    ids = np.random.default_rng(0).integers(0, c.vocab_size, (2, 6))
+    want = np.asarray(jax.jit(model.module.apply)(model.params, ids))
+    got = np.asarray(jax.jit(sp.apply)(model.params, ids))
+    assert_bits(got, want, f"sequence-parallel vs All-Reduce logits, N={n}")
+    rep = scinjax.count_traffic(sp.apply, model.params, ids)
+    kinds = [(r.kind, r.label, r.shape, r.calls) for r in rep.records]
+    m, d = 2 * 6, c.hidden_size
+    assert kinds == [
+        ("reduce_scatter", "attn_out.rs", (m, d), c.num_layers),
+        ("all_gather", "attn_out.ag", (m // n, d), c.num_layers),
+        ("reduce_scatter", "mlp_out.rs", (m, d), c.num_layers),
+        ("all_gather", "mlp_out.ag", (m // n, d), c.num_layers),
+    ]
