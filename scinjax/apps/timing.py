@@ -130,10 +130,12 @@ def _published_speedups() -> dict[str, str]:
 
 
 def _table(title: str, sizes, columns: dict[str, list[float]], fmt: str) -> str:
-    head = f"{'size':>8}" + "".join(f"{a:>13}" for a in columns)
+    width = {a: max(12, len(a)) + 1 for a in columns}  # long names keep a column of their own
+    head = f"{'size':>8}" + "".join(f"{a:>{width[a]}}" for a in columns)
     lines = [title, head, "-" * len(head)]
     for i, s in enumerate(sizes):
-        lines.append(f"{_fmt_size(s):>8}" + "".join(f"{v[i]:>13{fmt}}" for v in columns.values()))
+        cells = "".join(f"{v[i]:>{width[a]}{fmt}}" for a, v in columns.items())
+        lines.append(f"{_fmt_size(s):>8}" + cells)
     return "\n".join(lines)
 
 
