@@ -46,7 +46,7 @@ def vgrad(fn, xs, w):
 # ------------------------------------------------------------------ the transpose
 
 
-@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize(
     "spec", ["exact", "ring", "one_shot", "two_shot", "nvls", "scin", "scin:int8", "two_shot:int8"]
 )
@@ -114,14 +114,17 @@ def test_quantize_dequantize_straight_through(fmt):
         q = scinjax.quantize(x, fmt, ste=ste)
         return jnp.sum(w * scinjax.dequantize(q))
 
-    assert_bits(np.asarray(jax.grad(loss)(x, True)), np.asarray(w), f"{fmt} STE")
-    assert not np.any(np.asarray(jax.grad(loss)(x, False)))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    assert_bits(np.asarray(grad(x, True)), np.asarray(w), f"{fmt} STE")
+    assert not np.any(np.asarray(grad(x, False)))
     # dequantize(ste=False) ignores a kept source; the forward bits never change
-    q = scinjax.quantize(x, fmt)
-    g = jax.grad(lambda x: jnp.sum(w * scinjax.dequantize(scinjax.quantize(x, fmt), ste=False)))(x)
+    q = jax.jit(lambda x: scinjax.quantize(x, fmt))(x)
+    g = jax.jit(
+        jax.grad(lambda x: jnp.sum(w * scinjax.dequantize(scinjax.quantize(x, fmt), ste=False)))
+    )(x)
     assert not np.any(np.asarray(g))
     want = R.dequantize(*R.quantize(np.asarray(x), R.get(fmt)), R.get(fmt))
-    assert_bits(np.asarray(scinjax.dequantize(q)), want, f"{fmt} forward")
+    assert_bits(np.asarray(jax.jit(scinjax.dequantize)(q)), want, f"{fmt} forward")
 
 
 # ------------------------------------------------------------------ against calculus
