@@ -212,5 +212,6 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
         return _from_blocks(y, h).astype(dtype)
     s32 = _scale_values(q.scales, fmt)[..., None]  # [..., nb, 1]
     codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
-    # no flush needed: |code| >= 1 times a normal S (or 0, or NaN) is never subnormal
-    return _from_blocks(codes * s32, h).astype(dtype)
+    # |code| >= 1 times a normal S is never subnormal, but the flush must stay: without it
+    # XLA:CPU contracts this multiply with a following add into an FMA (changes sums' bits)
+    return _from_blocks(ftz(codes * s32), h).astype(dtype)
