@@ -1,12 +1,18 @@
-"""A tiny MoE language model for numerics studies: data-parallel attention, EP experts.
+"""A tiny MoE language model for numerics studies: DP or TP attention, EP experts.
 
 Each of N emulated ranks holds B sequences of T tokens (``tokens [N, B, T]``). A layer is
-``x += attn(norm(x))`` (causal, rotary, per sequence: no collective, as in DeepSeek's
-data-parallel attention) then ``x += moe(norm(x))`` where the MoE FFN dispatches every
-rank's ``B * T`` tokens to the expert ranks and combines them back through
+``x += attn(norm(x))`` (causal, rotary) then ``x += moe(norm(x))`` where the MoE FFN
+dispatches every rank's ``B * T`` tokens to the expert ranks and combines them back through
 :func:`scinjax.models.moe.moe_mlp` (the EP algorithm and link formats of an
 :class:`~scinjax.moe.EPConfig`). Parameters are a plain dict (random init here; trained
 by :mod:`scinjax.apps.moe_study`).
+
+Attention is either data parallel (``tp=None``: each rank attends over its own B
+sequences, no collective, as DeepSeek's DP attention) or tensor parallel (``tp`` a
+collective such as ``"exact"`` or ``"scin:int8"``: the N ranks form one TP group that
+holds all N * B sequences, each rank computes heads ``r * nh/N ..`` and the row-parallel
+output projection's partial sums go through :func:`scinjax.allreduce`; for the experts
+rank s then takes its slice of B sequences, the sequence split of EP under TP).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scinjax import allreduce
 from scinjax.moe import EPConfig
 
 from .layers import apply_rope, causal_attention, rms_norm, rope_tables
@@ -84,9 +91,30 @@ def init_params(cfg: MoELMConfig, key) -> dict:
     }
 
 
-def forward(params: dict, tokens, cfg: MoELMConfig, ep: EPConfig):
+def _tp_attention(y, p, cfg: MoELMConfig, n: int, collective, cos, sin):
+    """Heads split over n TP ranks, row-parallel output All-Reduced: ``y [S, T, H]`` (every
+    sequence of the TP group) -> ``[S, T, H]``."""
+    s, t, h = y.shape
+    nh, hd = cfg.heads, h // cfg.heads
+    if nh % n:
+        raise ValueError(f"TP attention needs heads={nh} divisible by the {n} ranks")
+    wqkv = p["wqkv"].reshape(h, 3, n, nh // n, hd).transpose(2, 0, 1, 3, 4)  # [N, H, 3, .]
+    wo = p["wo"].reshape(n, nh // n * hd, h)  # row blocks
+
+    def one_rank(w_in, w_out):
+        q, k, v = (jnp.einsum("sth,hgx->stgx", y, w_in[:, j]) for j in range(3))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        partial = causal_attention(q, k, v).reshape(s * t, -1) @ w_out  # [S*T, H]
+        return allreduce(partial, "tp", collective, label="attn_out")
+
+    return jax.vmap(one_rank, axis_name="tp")(wqkv, wo)[0].reshape(s, t, h)
+
+
+def forward(params: dict, tokens, cfg: MoELMConfig, ep: EPConfig, *, tp=None):
     """``tokens [N, B, T]`` int -> (float32 logits ``[N, B, T, V]``, routing per layer).
 
+    ``tp``: None (data-parallel attention) or the All-Reduce of tensor-parallel attention
+    over the same N ranks (a ``scinjax.Collective`` or spec such as ``"scin:int8"``).
     routing: ``(experts [L, N, B*T, k], router probabilities [L, N, B*T, E])``.
     """
     n, b, t = tokens.shape
@@ -97,11 +125,13 @@ def forward(params: dict, tokens, cfg: MoELMConfig, ep: EPConfig):
 
     def layer(x, p):
         y = rms_norm(x, p["attn_norm"], cfg.eps).reshape(n * b, t, h)
-        q, k, v = jnp.split(y @ p["wqkv"], 3, axis=-1)
-        q, k, v = (a.reshape(n * b, t, nh, hd) for a in (q, k, v))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn = causal_attention(q, k, v).reshape(n, b, t, h)
-        x = x + attn @ p["wo"]
+        if tp is None:
+            q, k, v = jnp.split(y @ p["wqkv"], 3, axis=-1)
+            q, k, v = (a.reshape(n * b, t, nh, hd) for a in (q, k, v))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            x = x + causal_attention(q, k, v).reshape(n, b, t, h) @ p["wo"]
+        else:
+            x = x + _tp_attention(y, p, cfg, n, tp, cos, sin).reshape(n, b, t, h)
         y = rms_norm(x, p["mlp_norm"], cfg.eps).reshape(n, b * t, h)
         moe_p = {k_: v_ for k_, v_ in p.items() if k_ in _MOE_KEYS}
         out, experts, _ = moe_mlp(y, moe_p, ep, k=cfg.top_k)

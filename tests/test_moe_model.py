@@ -155,3 +155,26 @@ def test_count_ep_traffic_of_a_forward():
     assert float(entry.expected["dispatch_up"]) == pytest.approx(t * p_remote * beta_d)
     d_rem = n * (1 - math.comb(E - E // n, K) / math.comb(E, K)) * (n - 1) / n
     assert float(entry.expected["combine_up"]) == pytest.approx(t * d_rem * 2 * H)
+
+
+def test_tp_attention_with_ep_experts():
+    """TP attention (heads split over the N ranks, All-Reduce 'exact') == DP attention up to
+    float32 rounding; both ledgers see their layers: the All-Reduce ledger one attn_out per
+    layer of [N*B*T, H] elements, the MoE ledger one dispatch per layer of B*T tokens."""
+    from scinjax.models.moe_lm import MoELMConfig, forward, init_params
+
+    from scinjax import count_traffic
+    from scinjax.moe import count_ep_traffic
+
+    cfg = MoELMConfig(hidden=32, layers=2, heads=4, intermediate=32)
+    ep = EPConfig(n_experts=8, algorithm="dysharp", dispatch_format="fp32", combine_format="fp32")
+    params = init_params(cfg, jax.random.key(0))
+    tok = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 2, 8)))
+    dp = np.asarray(forward(params, tok, cfg, ep)[0])
+    tp = np.asarray(forward(params, tok, cfg, ep, tp="exact")[0])
+    np.testing.assert_allclose(tp, dp, rtol=1e-5, atol=1e-5 * np.abs(dp).max())
+    rep = count_traffic(lambda p, t: forward(p, t, cfg, ep, tp="scin:int8"), params, tok)
+    (rec,) = rep.records
+    assert (rec.calls, rec.label, rec.shape) == (2, "attn_out", (4 * 2 * 8, 32))
+    (entry,) = count_ep_traffic(lambda p, t: forward(p, t, cfg, ep, tp="exact"), params, tok)
+    assert (entry.calls, entry.spec.tokens, entry.spec.n_ranks) == (2, 2 * 8, 4)

@@ -72,8 +72,8 @@ def _data(text: str):
     return data[:cut], data[cut:]
 
 
-def train(cfg: MoELMConfig, *, ranks, batch, seq, steps, lr, seed, show_progress=True):
-    """Train on random windows; returns (params, per-step losses)."""
+def train(cfg: MoELMConfig, *, ranks, batch, seq, steps, lr, seed, show_progress=True, tp=None):
+    """Train on random windows; returns (params, per-step losses). ``tp``: see ``forward``."""
     import optax
 
     train_data, _ = _data(pydoc_prose())
@@ -83,7 +83,7 @@ def train(cfg: MoELMConfig, *, ranks, batch, seq, steps, lr, seed, show_progress
     state = opt.init(params)
 
     def loss_fn(p, tok):
-        logits, routing = forward(p, tok[..., :-1], cfg, ep)
+        logits, routing = forward(p, tok[..., :-1], cfg, ep, tp=tp)
         logp = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logp, tok[..., 1:, None], -1).mean()
         return nll + 0.01 * load_balance_loss(routing, cfg.n_experts), nll
@@ -106,9 +106,9 @@ def train(cfg: MoELMConfig, *, ranks, batch, seq, steps, lr, seed, show_progress
     return params, losses
 
 
-def _logprobs(params, windows, cfg, ep, ranks):
+def _logprobs(params, windows, cfg, ep, ranks, tp=None):
     """Float32 log-probabilities ``[W, T, V]`` of the windows ``[W, T + 1]``."""
-    fn = jax.jit(lambda p, tok: jax.nn.log_softmax(forward(p, tok, cfg, ep)[0]))
+    fn = jax.jit(lambda p, tok: jax.nn.log_softmax(forward(p, tok, cfg, ep, tp=tp)[0]))
     out = []
     per = ranks * max(1, 4)
     for a in range(0, len(windows), per):
@@ -128,6 +128,7 @@ def run_study(
     lr=3e-3,
     seed=0,
     cfg: MoELMConfig | None = None,
+    tp=None,
     show_progress=True,
 ) -> dict:
     """Train, then score every variant against the reference. Returns a JSON-ready dict."""
@@ -144,20 +145,21 @@ def run_study(
         lr=lr,
         seed=seed,
         show_progress=show_progress,
+        tp=tp,
     )
     train_s = time.perf_counter() - start
     _, held = _data(pydoc_prose())
     stride = (len(held) - seq - 1) // windows
     win = np.stack([held[i * stride : i * stride + seq + 1] for i in range(windows)])
     targets = win[:, 1:]
-    ref = _logprobs(params, win, cfg, parse_variant(REFERENCE, cfg.n_experts), ranks)
+    ref = _logprobs(params, win, cfg, parse_variant(REFERENCE, cfg.n_experts), ranks, tp)
     ref_nll = -np.take_along_axis(ref, targets[..., None], -1)[..., 0]  # [W, T]
     rows = []
     with progress(
         len(variants), desc="moe-study eval", unit="variant", enabled=show_progress
     ) as bar:
         for spec in variants:
-            lp = _logprobs(params, win, cfg, parse_variant(spec, cfg.n_experts), ranks)
+            lp = _logprobs(params, win, cfg, parse_variant(spec, cfg.n_experts), ranks, tp)
             p_ref = np.exp(ref.astype(np.float64))
             kl = np.sum(p_ref * (ref.astype(np.float64) - lp), axis=-1)  # [W, T]
             top1 = (ref.argmax(-1) == lp.argmax(-1)).astype(np.float64)
@@ -174,6 +176,7 @@ def run_study(
         reference=REFERENCE,
         config=cfg.__dict__,
         ranks=ranks,
+        attention="data parallel" if tp is None else f"tensor parallel ({tp})",
         train=dict(
             steps=steps,
             batch=batch,
@@ -225,7 +228,8 @@ def measured_routing(tokens: int, *, steps=200, seed=0, seq=128, layer=0, show_p
 def format_table(result: dict) -> str:
     ev, tr = result["eval"], result["train"]
     lines = [
-        f"tiny MoE LM, {result['ranks']} EP ranks, trained {tr['steps']} steps (NLL "
+        f"tiny MoE LM, {result['ranks']} EP ranks, {result['attention']} attention, "
+        f"trained {tr['steps']} steps (NLL "
         f"{tr['first_loss']:.2f} -> {tr['last_loss']:.2f} nats/byte); held-out "
         f"{ev['windows']} x {ev['tokens_per_window']} bytes, reference {result['reference']} "
         f"NLL {ev['ref_nll']:.3f} +- {ev['ref_nll_se']:.3f}",
@@ -247,6 +251,7 @@ def report(args) -> int:
         ranks=args.ranks,
         windows=args.windows,
         seed=args.seed,
+        tp=args.tp,
     )
     print(format_table(result))
     if args.json:

@@ -20,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=4, help="EP ranks N (divides 8 experts)")
     p.add_argument("--windows", type=int, default=32, help="held-out windows of 128 bytes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tp",
+        default=None,
+        help="tensor-parallel attention over the same ranks with this All-Reduce "
+        "(e.g. exact, scin:int8); default: data-parallel attention",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p
 
