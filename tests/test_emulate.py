@@ -244,6 +244,7 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
     from jax import lax
     from jax.sharding import Mesh, PartitionSpec as P
     sys.path.insert(0, TESTS_DIR)
+    import reference_np as R
     from reference_np import assert_bits
     import test_emulate as E
     import scinjax
@@ -268,6 +269,17 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
     rep = scinjax.count_traffic(scinjax.emulate(plain, spec), p, x)
     assert rep.calls == 2 and rep.n_ranks == E.N, rep.table()
     # gradients under shard_map: tests/test_grad.py; of emulate: under vmap above
+    # tuple axes (lax.psum semantics): ranks in (dp, tp) row-major order, replicated out
+    mesh2 = Mesh(np.array(jax.devices()).reshape(2, 4), ("dp", "tp"))
+    vals = np.random.default_rng(7).standard_normal((2, 4, 3, 40)).astype(np.float32)
+    both = jax.jit(jax.shard_map(
+        lambda v: scinjax.psum(v[0, 0], ("dp", "tp"), collective=spec),
+        mesh=mesh2, in_specs=P("dp", "tp"), out_specs=P(),
+    ))
+    want = R.allreduce(vals.reshape(8, 3, 40), "scin", uplink="int8", downlink="int8")
+    assert_bits(np.asarray(both(vals)), want, "tuple axes")
+    g = jax.jit(jax.grad(lambda v: jnp.sum(both(v))))(vals)
+    assert_bits(np.asarray(g), np.ones_like(vals), "d sum(psum(x)) / dx_i = 1 (replicated out)")
     print("ALL OK")
     """
 )

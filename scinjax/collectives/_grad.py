@@ -39,11 +39,14 @@ def with_vjp(
     ``forward`` and ``backward`` are per-rank functions over ``axis_name`` (``[...]`` ->
     ``[...]``). The forward bits are ``forward``'s: the wrapper only adds the rule.
     """
+    # each bound axis with its size (a tuple of axes reduces over their product)
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    sizes = [(a, int(lax.axis_size(a))) for a in names]
 
     def primal(x, key=None):
         # custom_vjp may trace the forward lazily too (jax.grad of a scan whose body
         # vmaps over the axis, e.g. the TP model's layers): bind the name as in bwd.
-        with _core.extend_axis_env_nd([(axis_name, n_ranks)]):
+        with _core.extend_axis_env_nd(sizes):
             return _primal(x, key)
 
     def _primal(x, key=None):
@@ -60,7 +63,7 @@ def with_vjp(
             return jnp.zeros_like(g)
         # custom_vjp runs bwd after vmap has left its axis env (the batching of the
         # collectives themselves is intact): bind the name again for axis_size lookups.
-        with _core.extend_axis_env_nd([(axis_name, n_ranks)]):
+        with _core.extend_axis_env_nd(sizes):
             if key is None:
                 return backward(g)
             return backward(g, jax.random.fold_in(key, BACKWARD_STREAM))
