@@ -246,7 +246,7 @@ def _reduce_scatter(x, spec: SGSpec, axis_name, key):
     if up is None:
         gathered = lax.all_gather(x, axis_name)  # [N, m, ...]
     else:
-        q = quantize(x, up, key=stage_key(key, 0, rank) if up.stochastic else None)
+        q = quantize(x, up, key=stage_key(key, 0, rank) if up.stochastic else None, ste=False)
         gathered = dequantize(jax.tree.map(lambda a: lax.all_gather(a, axis_name), q), "float32")
     # every rank's copy of this rank's slice: [N, m/N, ...]
     mine = lax.dynamic_slice_in_dim(gathered, rank * rows, rows, axis=1)
@@ -277,7 +277,7 @@ def _all_gather(x, spec: SGSpec, axis_name, key):
         gathered = lax.all_gather(x, axis_name)  # [N, m, ...]: a bit copy
     else:
         rank = lax.axis_index(axis_name)
-        q = quantize(x, fmt, key=stage_key(key, 0, rank) if fmt.stochastic else None)
+        q = quantize(x, fmt, key=stage_key(key, 0, rank) if fmt.stochastic else None, ste=False)
         gathered = dequantize(jax.tree.map(lambda a: lax.all_gather(a, axis_name), q), x.dtype)
     out = gathered.reshape((n * x.shape[0],) + x.shape[1:])
     # Mark the result as varying over the ranks (same bits): otherwise vmap treats it as
