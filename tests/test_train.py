@@ -35,6 +35,14 @@ def test_exact_data_parallel_matches_single_device():
         np.testing.assert_allclose(parallel, single, rtol=2e-6, atol=0)
 
 
+def test_sequence_parallel_training_equals_the_allreduce_layout():
+    """Exact RS + AG move the same bits as the exact All-Reduce, forward and backward."""
+    base = train(TrainConfig(dp=2, tp=2, **TINY))["losses"]
+    sp = train(TrainConfig(dp=2, tp=2, sequence_parallel=True, **TINY))
+    assert sp["losses"] == base
+    assert {k.split("/")[0] for k in sp["bytes_per_step"]} == {"tp", "dp_grad"}
+
+
 def test_data_order_and_init_depend_only_on_the_seed():
     a = synthetic_batches(128, 3, 4, 8, seed=5)
     assert np.array_equal(a, synthetic_batches(128, 3, 4, 8, seed=5))
@@ -165,6 +173,7 @@ def test_cli_writes_curves_json_and_png(tmp_path, capsys):
         (dict(dp=0), "dp must be an int >= 1"),
         (dict(dp_collective="scin:int9"), "int9"),
         (dict(optimizer="lion"), "unknown optimizer"),
+        (dict(tp=3, seq_len=8, batch=4, sequence_parallel=True), "multiple"),
         (
             dict(dp_collective="scin:int8-b32-float16-stochastic", error_feedback=True),
             "stochastically",

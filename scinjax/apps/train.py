@@ -52,6 +52,7 @@ class TrainConfig:
     tp_backward: str = "exact"
     dp_collective: str = "exact"
     error_feedback: bool = False
+    sequence_parallel: bool = False  # Megatron SP in the TP model (RS + AG, docs/semantics.md)
     steps: int = 40
     batch: int = 8  # sequences per step, all DP ranks together
     seq_len: int = 32
@@ -69,6 +70,12 @@ class TrainConfig:
             raise ValueError(
                 f"batch={self.batch} sequences cannot be split over dp={self.dp} ranks; use a "
                 f"multiple of {self.dp}"
+            )
+        tokens = self.batch // self.dp * self.seq_len
+        if self.sequence_parallel and tokens % self.tp:
+            raise ValueError(
+                f"sequence_parallel splits each DP rank's {tokens} tokens (batch/dp * seq_len) "
+                f"over tp={self.tp} ranks; use a seq_len or batch that makes it a multiple"
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
@@ -89,9 +96,10 @@ class TrainConfig:
     @property
     def label(self) -> str:
         ef = "+ef" if self.error_feedback else ""
+        sp = "+sp" if self.sequence_parallel else ""
         return (
             f"dp{self.dp}[{self.dp_collective}{ef}] x tp{self.tp}"
-            f"[{self.tp_collective}/{self.tp_backward}]"
+            f"[{self.tp_collective}/{self.tp_backward}{sp}]"
         )
 
 
@@ -127,8 +135,12 @@ class Trainer:
         model = self._model(config, cfg.seed)
         self.config = config
         self.module = model.module
-        if cfg.tp_backward != "exact":
-            reducer = dataclasses.replace(model.module.reducer, backward=cfg.tp_backward)
+        if cfg.tp_backward != "exact" or cfg.sequence_parallel:
+            reducer = dataclasses.replace(
+                model.module.reducer,
+                backward=cfg.tp_backward,
+                sequence_parallel=cfg.sequence_parallel,
+            )
             self.module = model.module.clone(reducer=reducer)
         self.params = jax.tree.map(jnp.asarray, model.params)
         self.dp_coll = Collective.parse(cfg.dp_collective)

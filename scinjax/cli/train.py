@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         default="both",
         help="carry the DP uplink quantization residual to the next step (default: both)",
     )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="Megatron sequence parallelism in the TP model (reduce-scatter + all-gather)",
+    )
     p.add_argument("--steps", type=int, default=40, help="optimizer steps (default 40)")
     p.add_argument("--batch", type=int, default=8, help="sequences per step, all DP ranks")
     p.add_argument("--seq-len", type=int, default=32, help="tokens per sequence")
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             seq_len=args.seq_len,
             optimizer=args.optimizer,
             lr=args.lr,
+            sequence_parallel=args.sequence_parallel,
         )
         variants = variants_for(
             dp_collective=args.dp_collective,
