@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_RANKS = 8
 HIDDEN = 2048  # last axis of the message: rows of activations
 VARIANTS = ["ring", "one_shot", "two_shot", "nvls", "scin", "scin:int8", "scin:mxint8",
-            "scin:int4", "two_shot:int8"]  # fmt: skip
+            "scin:int4", "two_shot:int8", "scin:mxfp8", "scin:nvfp4"]  # fmt: skip
 _UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 

@@ -1,8 +1,7 @@
 """Float32 arithmetic that gives the same bits on every backend (spec/formats.md).
 
-Flush-to-zero is applied on the integer bits, so it does not depend on the
-backend's denormal mode; divisions are shielded from XLA's rewrite of
-``x / broadcast(s)`` into ``x * broadcast(1 / s)``.
+Flush-to-zero gives the same result whatever the backend's denormal mode; divisions
+are shielded from XLA's rewrite of ``x / broadcast(s)`` into ``x * broadcast(1 / s)``.
 """
 
 from __future__ import annotations
@@ -12,17 +11,19 @@ from jax import lax
 
 __all__ = ["ftz", "to_f32", "exact_div", "check_float_input"]
 
-_EXPONENT = 0x7F800000
-_SIGN = 0x80000000
+_TINY = 2.0**-126  # the smallest normal float32
 INPUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 
 
 def ftz(v: jnp.ndarray) -> jnp.ndarray:
-    """Float32 ``v`` with every subnormal replaced by a zero of the same sign."""
-    bits = lax.bitcast_convert_type(v, jnp.uint32)
-    subnormal = (bits & jnp.uint32(_EXPONENT)) == 0
-    signed_zero = lax.bitcast_convert_type(bits & jnp.uint32(_SIGN), jnp.float32)
-    return jnp.where(subnormal, signed_zero, v)
+    """Float32 ``v`` with every subnormal replaced by a zero of the same sign.
+
+    ``|v| < 2**-126`` holds exactly for zeros and subnormals in either denormal mode (a
+    denormals-are-zero compare sees 0), and ``v * 0`` is the zero of v's sign (NaN and Inf
+    fail the compare). Float ops, not bit casts: XLA:CPU fuses and vectorizes them (the
+    bit-cast form made a fused dequantize-and-sum 3x slower).
+    """
+    return jnp.where(jnp.abs(v) < _TINY, v * 0.0, v)
 
 
 def to_f32(x: jnp.ndarray) -> jnp.ndarray:
