@@ -175,6 +175,7 @@ def run_eval(
     tp: int = 8,
     variants=("exact", "scin", "scin:int8"),
     wire_dtype: str = "bfloat16",
+    weights_dtype: str = "float32",
     batch: int = 8,
     seed: int = 0,
     progress: bool = True,
@@ -190,13 +191,22 @@ def run_eval(
         raise ValueError("no items to evaluate")
     parsed = parse_variants(variants)
     t0 = time.perf_counter()
-    if loaded is None:
+    own = loaded is None  # loaded here: read lazily and hand the arrays over to the model
+    if own:
         from scinjax.models import load_weights
 
-        loaded = load_weights(model)
+        loaded = load_weights(model, dtype=weights_dtype, lazy=True)
     config, weights, tok = loaded
     pairs = _encode_pairs(tok, items)
-    base = build_model(config, weights, tp=tp, collective="exact", wire_dtype=wire_dtype)
+    base = build_model(
+        config,
+        weights,
+        tp=tp,
+        collective="exact",
+        wire_dtype=wire_dtype,
+        weights_dtype=weights_dtype,
+        consume_weights=own,
+    )
     lengths = np.array([len(c) for item in items for c in item.choices], dtype=np.float64)
     answers = np.array([item.answer for item in items])
     bar = progress_bar(len(parsed), desc="eval", unit="variant", enabled=progress)
@@ -236,6 +246,7 @@ def run_eval(
         "model": config.name,
         "tp": tp,
         "wire_dtype": wire_dtype,
+        "weights_dtype": weights_dtype,
         "items": len(items),
         "choices": int(lengths.size),
         "seed": seed,

@@ -134,8 +134,9 @@ def run_sweep(grid: SweepGrid = DEFAULT_GRID, *, progress: bool = True, **study)
     from scinjax.models import load_weights
 
     study.setdefault("prompts", 0)
-    if study.get("loaded") is None:
-        study["loaded"] = load_weights(study.pop("model", None))
+    if study.get("loaded") is None:  # one load for every study of the grid
+        dtype = study.get("weights_dtype", "float32")
+        study["loaded"] = load_weights(study.pop("model", None), dtype=dtype)
     study.pop("model", None)
     fams = {str(parse_collective_or_policy(spec)): fam for fam, spec in grid.variants}
     bar = progress_bar(1 + len(grid.n_values), desc="sweep", unit="study", enabled=progress)

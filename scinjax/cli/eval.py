@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of stochastic variants")
     p.add_argument("--wire-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--weights-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--out", default=os.path.join("results", "eval"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             tp=args.tp,
             variants=[v for v in args.variants.split(",") if v.strip()],
             wire_dtype=args.wire_dtype,
+            weights_dtype=args.weights_dtype,
             batch=args.batch,
             seed=args.seed,
             progress=not args.quiet,

@@ -58,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", type=int, default=16, help="greedy tokens per prompt (16)")
     p.add_argument("--seeds", default="0", help="seeds of stochastic variants, e.g. 0,1,2 (0)")
     p.add_argument("--wire-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="storage of the weights (bfloat16/float16: half the memory, float32 activations)",
+    )
     p.add_argument("--out", default=os.path.join("results", "study"), help="output folder")
     p.add_argument(
         "--attribution",
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt_len=args.prompt_len,
             gen_tokens=args.gen_tokens,
             wire_dtype=args.wire_dtype,
+            weights_dtype=args.weights_dtype,
             seeds=seeds,
             attribution=args.attribution,
             progress=not args.quiet,

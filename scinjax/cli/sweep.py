@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=256)
     p.add_argument("--tokens", type=int, default=1016, help="scored tokens per variant (1016)")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--weights-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--seeds", default="0", help="seeds of stochastic variants (0)")
     p.add_argument("--out", default=os.path.join("results", "sweep"))
     p.add_argument("--no-plot", action="store_true")
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx=args.ctx,
             tokens=args.tokens,
             batch=args.batch,
+            weights_dtype=args.weights_dtype,
             seeds=_ints(args.seeds),
             progress=not args.quiet,
         )

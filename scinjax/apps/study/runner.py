@@ -120,6 +120,7 @@ def run_study(
     prompt_len: int = 16,
     gen_tokens: int = 16,
     wire_dtype: str = "bfloat16",
+    weights_dtype: str = "float32",
     seeds: Sequence[int] = (0,),
     attribution: bool = False,
     progress: bool = True,
@@ -129,8 +130,10 @@ def run_study(
     ``variants``: spec strings (``scin:int8``, ``scin:int8+order=pairwise``,
     ``scin:int8@mlp_out``) or ``Collective``/``CallPolicy`` objects; ``exact`` is
     always run first, as the reference. ``loaded``: a ``(config, weights, tokenizer)``
-    triple (skips loading ``model``). ``tokens``: budget of scored tokens (None: the
-    whole corpus). ``seeds``: the PRNG seeds of stochastic variants (one run each).
+    triple (skips loading ``model``). ``weights_dtype``: storage of the weights
+    (bfloat16/float16 halve their memory; activations stay float32); a model this call
+    loads itself is read lazily, tensor by tensor. ``tokens``: budget of scored tokens
+    (None: the whole corpus). ``seeds``: the PRNG seeds of stochastic variants (one run each).
     Returns rows of :meth:`VariantStats.summary` keys plus traffic and settings; ``kl``
     maps each run to its per-token KL values (float32). ``attribution``: also the
     per-call-site error of every run on the first window (:mod:`.attribution`), under
@@ -150,10 +153,11 @@ def run_study(
     corpus = corpus or default_corpus()
     # Byte-level tokenizers give at most one token per UTF-8 byte: a cheap early check.
     check_length(len(corpus.text.encode("utf-8")), ctx=ctx, tokens=tokens, unit="UTF-8 bytes")
-    if loaded is None:
+    own = loaded is None  # loaded here: read lazily and hand the arrays over to the model
+    if own:
         from scinjax.models import load_weights
 
-        loaded = load_weights(model)
+        loaded = load_weights(model, dtype=weights_dtype, lazy=True)
     config, weights, tok = loaded
     if ctx > config.max_position or prompt_len + gen_tokens > config.max_position:
         raise ValueError(
@@ -166,7 +170,14 @@ def run_study(
     prompt_ids = [win.ids[k, :prompt_len] for k in _prompt_windows(n_win, prompts)]
 
     base = build_model(
-        config, weights, tp=tp, collective=REFERENCE, wire_dtype=wire_dtype, tokenizer=tok
+        config,
+        weights,
+        tp=tp,
+        collective=REFERENCE,
+        wire_dtype=wire_dtype,
+        tokenizer=tok,
+        weights_dtype=weights_dtype,
+        consume_weights=own,
     )
     runs: list[_Run] = []
     for v in parsed:
@@ -246,6 +257,7 @@ def run_study(
         "tp": tp,
         "wire_dtype": wire_dtype,
         "compute_dtype": str(base.compute_dtype),
+        "weights_dtype": weights_dtype,
         "text": corpus.source,
         "text_tokens": len(ids),
         "ctx": win.ctx,
