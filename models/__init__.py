@@ -8,6 +8,7 @@ of full-size models by abstract evaluation.
 
 from .api import DTYPES, MODES, LoadedModel, build_model, load
 from .config import LlamaConfig, config_names, get_config
+from .moe_spec import MoeSpec
 from .tp import TPPlan, make_plan
 from .traffic import model_traffic
 from .weights import abstract_weights, random_weights, validate_weights, weight_shapes
@@ -17,6 +18,7 @@ __all__ = [
     "MODES",
     "LlamaConfig",
     "LoadedModel",
+    "MoeSpec",
     "TPPlan",
     "abstract_weights",
     "build_model",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .moe_spec import MoeSpec
+
 __all__ = ["LlamaConfig", "RopeScaling", "ROPE_TYPES", "get_config", "config_names"]
 
 #: Rotary scaling kinds `RopeScaling` accepts (others, e.g. yarn, are refused by name).
@@ -98,6 +100,9 @@ class LlamaConfig:
       rope_scaling: a `RopeScaling` (Llama-3.x, GGUF rope_freqs) or None.
       sliding_window: W, a query at position i sees keys j with 0 <= i - j < W
         (Mistral); None for full causal attention.
+      moe: a `MoeSpec`: every layer's MLP is a routed mixture of SwiGLU experts,
+        expert parallel over the TP ranks (`models.moe_block`); None: the dense MLP
+        (``intermediate_size`` is then unused by the layers).
       name: preset name, informational.
     """
 
@@ -115,6 +120,7 @@ class LlamaConfig:
     qkv_bias: bool = False
     rope_scaling: RopeScaling | None = None
     sliding_window: int | None = None
+    moe: MoeSpec | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -172,6 +178,10 @@ class LlamaConfig:
                 f"LlamaConfig.sliding_window must be a positive int or None (full causal), "
                 f"got {sw!r}"
             )
+        if self.moe is not None and not isinstance(self.moe, MoeSpec):
+            raise TypeError(
+                f"LlamaConfig.moe must be a MoeSpec or None, got {type(self.moe).__name__}"
+            )
         if not isinstance(self.name, str):
             raise ValueError(f"LlamaConfig.name must be a str, got {self.name!r}")
 
@@ -198,6 +208,10 @@ class LlamaConfig:
         """Parameter count (Python int), tied head counted once."""
         d, f = self.hidden_size, self.intermediate_size
         per_layer = 2 * d + d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d + 3 * d * f
+        if self.moe is not None:  # routed experts + router + shared expert replace the MLP
+            m = self.moe
+            per_layer += d * m.n_experts + 3 * d * (m.n_experts * m.intermediate)
+            per_layer += 3 * d * m.shared_intermediate - 3 * d * f
         if self.qkv_bias:
             per_layer += self.q_dim + 2 * self.kv_dim
         head = 0 if self.tie_embeddings else d * self.vocab_size
@@ -326,6 +340,21 @@ _PRESETS: dict[str, LlamaConfig] = {
         max_position=32768,
         sliding_window=4096,
         name="mistral-7b",
+    ),
+    # mistralai/Mixtral-8x7B-v0.1 (config.json): Mistral-7B attention, every MLP a mixture
+    # of 8 SwiGLU experts of width 14336, top-2 (shapes for traffic; no weights ship here).
+    "mixtral-8x7b": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        max_position=32768,
+        moe=MoeSpec(n_experts=8, top_k=2, intermediate=14336),
+        name="mixtral-8x7b",
     ),
     # Test configs: small enough for CPU, shaped to exercise the awkward cases.
     "tiny": LlamaConfig(

@@ -24,6 +24,7 @@ from scinjax import CallPolicy, Collective, all_gather, allreduce, reduce_scatte
 
 from .config import LlamaConfig
 from .layers import apply_rope, causal_attention, rms_norm, rope_tables, swiglu, to_slots
+from .moe_block import moe_ffn
 from .tp import Layout
 
 __all__ = [
@@ -254,6 +255,10 @@ class Block(nn.Module):
         x = x + _row_parallel(slots, p["wo"], self.reducer, label="attn_out", key=keys[0], sow=sow)
 
         h = rms_norm(x, p["mlp_norm"], c.rms_norm_eps)
+        if c.moe is not None:  # expert parallel over the same ranks (models.moe_block)
+            out, experts, gates = moe_ffn(h, p, c.moe, lay.ranks, batched=self.reducer.batched)
+            self.sow("intermediates", "moe_routing", (experts, gates))
+            return x + out, (cache_k, cache_v)
         act = swiglu(h @ p["w_gate"].reshape(d, -1), h @ p["w_up"].reshape(d, -1))
         slots = to_slots(act[..., None], lay.ff_slots, lay.ranks)  # [B, T, R, Sf]
         x = x + _row_parallel(

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from .config import LlamaConfig
+from .moe_spec import moe_shapes
 from .weights import LazyArray, layer_keys, validate_weights
 
 __all__ = [
@@ -193,6 +194,10 @@ class TPPlan:
         what `shard_map` splits along `PER_RANK_AXES`).
         """
         c = self.config
+        if c.moe is not None and view != "batched" and self.n_ranks > 1:
+            raise ValueError(
+                "MoE layers run in the batched emulation only; build the model with mode='vmap'"
+            )
         d, hd, n = c.hidden_size, c.head_dim, self.n_ranks
         s, sf = self.head_slot_count, self.ff_slot_count
         skv = s // self.kv_group
@@ -210,6 +215,8 @@ class TPPlan:
         shapes |= cols
         # Biases follow their projection's output columns.
         shapes |= {b: cols[w][1:] for b, w in (("bq", "wq"), ("bk", "wk"), ("bv", "wv"))}
+        if c.moe is not None:  # experts are whole arrays here: models.moe_block splits them
+            shapes |= moe_shapes(c.moe, d)
         return tuple((k, shapes[k]) for k in layer_keys(c))
 
     def abstract_params(self, view: str, dtype=np.float32) -> dict:
@@ -238,7 +245,7 @@ class TPPlan:
         if view == "batched":
             out = dict.fromkeys(keys, same)
             out |= {"wo": rows(q, hd), "w_down": rows(ff, 1)}
-            return out
+            return {k: out[k] for k in keys}  # an MoE config has no w_down
         out = {"attn_norm": same, "mlp_norm": same, "wo": rows(q, hd), "w_down": rows(ff, 1)}
         out |= {"wq": cols(q, hd), "wk": cols(kv, hd), "wv": cols(kv, hd)}
         out |= {"w_gate": cols(ff, 1), "w_up": cols(ff, 1)}

@@ -24,7 +24,9 @@ key                        shape            meaning
 ``layers.{i}.bv``          [Hkv*hd]         value bias (``qkv_bias`` only)
 =========================  ===============  ==================================
 
-for ``i`` in ``0 .. L-1``. Head ``h`` occupies columns ``h*hd .. (h+1)*hd`` of
+for ``i`` in ``0 .. L-1``. With ``config.moe`` the keys ``router``, ``experts_gate``,
+``experts_up``, ``experts_down`` (and ``shared_*``) of `models.moe_spec` replace
+``w_gate``/``w_up``/``w_down``. Head ``h`` occupies columns ``h*hd .. (h+1)*hd`` of
 ``wq`` (and of ``wk``/``wv`` for key-value heads); query head ``h`` attends
 with key-value head ``h // (Hq // Hkv)``. Rotary embeddings use the Hugging
 Face "rotate_half" layout: within a head, dimension ``j < hd/2`` pairs with
@@ -39,6 +41,7 @@ import jax
 import numpy as np
 
 from .config import LlamaConfig
+from .moe_spec import moe_keys, moe_shapes
 
 __all__ = [
     "LAYER_KEYS",
@@ -70,8 +73,14 @@ BIAS_KEYS = ("bq", "bk", "bv")
 
 
 def layer_keys(config: LlamaConfig) -> tuple[str, ...]:
-    """Per-layer canonical keys of `config`: LAYER_KEYS, then BIAS_KEYS with qkv_bias."""
-    return LAYER_KEYS + (BIAS_KEYS if config.qkv_bias else ())
+    """Per-layer canonical keys of `config`: LAYER_KEYS, then BIAS_KEYS with qkv_bias.
+
+    With ``config.moe`` the MoE keys (`models.moe_spec`) replace w_gate/w_up/w_down."""
+    keys = LAYER_KEYS + (BIAS_KEYS if config.qkv_bias else ())
+    if config.moe is not None:
+        keys = tuple(k for k in keys if k not in ("w_gate", "w_up", "w_down"))
+        keys += moe_keys(config.moe)
+    return keys
 
 
 def _layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -89,7 +98,7 @@ def _layer_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         "bq": (config.q_dim,),
         "bk": (config.kv_dim,),
         "bv": (config.kv_dim,),
-    }
+    } | ({} if config.moe is None else moe_shapes(config.moe, d))
 
 
 def weight_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -152,7 +161,8 @@ def random_weights(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
         elif key == "embed":
             w = rng.standard_normal(shape, dtype=np.float32)
         else:
-            w = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[0]))
+            # fan-in is the second-to-last axis (experts [E, D, I] stack E matrices)
+            w = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[-2]))
         out[key] = w.astype(np.float32)
     return out
 

@@ -113,8 +113,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window=None) -> np.nd
     return np.einsum("hts,shd->thd", p, v)
 
 
-def forward(config, weights: dict, ids, dtype=np.float64) -> np.ndarray:
-    """Logits ``[T, V]`` (float32) of token ids ``[T]`` at positions 0..T-1."""
+def forward(config, weights: dict, ids, dtype=np.float64, mlp=None) -> np.ndarray:
+    """Logits ``[T, V]`` (float32) of token ids ``[T]`` at positions 0..T-1.
+
+    ``mlp(i, h [T, D]) -> [T, D]``, when given, replaces layer i's dense SwiGLU MLP (an
+    MoE reference plugs in here)."""
     c = config
 
     def W(name):  # converted on use: a float64 copy of every weight at once is ~1 GB
@@ -139,6 +142,9 @@ def forward(config, weights: dict, ids, dtype=np.float64) -> np.ndarray:
         a = a.reshape(T, c.num_heads * c.head_dim)
         x = x + a @ W(p + "wo")
         h = rms_norm(x, W(p + "mlp_norm"), c.rms_norm_eps)
+        if mlp is not None:
+            x = x + mlp(i, h)
+            continue
         g = h @ W(p + "w_gate")
         silu = g / (1.0 + np.exp(-g))
         x = x + (silu * (h @ W(p + "w_up"))) @ W(p + "w_down")

@@ -174,7 +174,8 @@ def test_tp_attention_with_ep_experts():
     tp = np.asarray(forward(params, tok, cfg, ep, tp="exact")[0])
     np.testing.assert_allclose(tp, dp, rtol=1e-5, atol=1e-5 * np.abs(dp).max())
     rep = count_traffic(lambda p, t: forward(p, t, cfg, ep, tp="scin:int8"), params, tok)
-    (rec,) = rep.records
+    rec, moe = rep.records  # count_traffic lists the MoE layers too (one record, L calls)
     assert (rec.calls, rec.label, rec.shape) == (2, "attn_out", (4 * 2 * 8, 32))
+    assert (moe.kind, moe.calls, moe.routing, moe.spec.tokens) == ("moe", 2, "uniform", 16)
     (entry,) = count_ep_traffic(lambda p, t: forward(p, t, cfg, ep, tp="exact"), params, tok)
     assert (entry.calls, entry.spec.tokens, entry.spec.n_ranks) == (2, 2 * 8, 4)

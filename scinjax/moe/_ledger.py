@@ -18,7 +18,7 @@ import jax
 
 from scinjax.moe._traffic import uniform_ep_traffic
 
-__all__ = ["EPCallSpec", "EPLedgerEntry", "count_ep_traffic", "ep_marker"]
+__all__ = ["EPCallSpec", "EPLedgerEntry", "count_ep_traffic", "ep_marker", "lookup_ep"]
 
 _PREFIX = "scinjax_moe_dispatch_"
 _REGISTRY: dict[str, EPCallSpec] = {}
@@ -57,6 +57,11 @@ def ep_marker(spec: EPCallSpec):
 
     mark.__name__ = mark.__qualname__ = name
     return jax.jit(mark)
+
+
+def lookup_ep(name: str) -> EPCallSpec | None:
+    """The EPCallSpec of a dispatch marker jit name, or None (used by ``count_traffic``)."""
+    return _REGISTRY.get(name) if name.startswith(_PREFIX) else None
 
 
 def _walk(jaxpr, multiplicity: int, found: Counter) -> None:

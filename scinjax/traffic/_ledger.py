@@ -9,6 +9,8 @@ import jax
 
 from scinjax.collectives._marker import lookup
 from scinjax.collectives._scatter_gather import SGSpec, lookup_sg
+from scinjax.moe._ledger import EPCallSpec, lookup_ep
+from scinjax.traffic._ep_records import ep_uniform_record
 from scinjax.traffic._records import TrafficRecord, collective_record
 from scinjax.traffic._sg_records import sg_spec_record
 
@@ -80,13 +82,13 @@ class TrafficReport:
         return dict(
             n_ranks=self.n_ranks,
             calls=self.calls,
-            up=list(self.up),
-            down=list(self.down),
-            up_payload=list(self.up_payload),
-            up_scale=list(self.up_scale),
-            down_payload=list(self.down_payload),
-            down_scale=list(self.down_scale),
-            total=self.total,
+            up=_plain(self.up),
+            down=_plain(self.down),
+            up_payload=_plain(self.up_payload),
+            up_scale=_plain(self.up_scale),
+            down_payload=_plain(self.down_payload),
+            down_scale=_plain(self.down_scale),
+            total=_plain([self.total])[0],
             records=[r.to_dict() for r in self.records],
         )
 
@@ -98,13 +100,19 @@ class TrafficReport:
         for r in self.records:
             lines.append(
                 f"{r.collective:<27} {_label(r):<14}{r.calls:>6}{r.elements:>14,}"
-                f"{r.up[0]:>16,}{r.down[0]:>16,}{r.total:>18,}"
+                f"{round(r.up[0]):>16,}{round(r.down[0]):>16,}{round(r.total):>18,}"
             )
         lines.append(
-            f"{'total':<42}{self.calls:>6}{'':>14}{self.up[0] if self.records else 0:>16,}"
-            f"{self.down[0] if self.records else 0:>16,}{self.total:>18,}"
+            f"{'total':<42}{self.calls:>6}{'':>14}"
+            f"{round(self.up[0]) if self.records else 0:>16,}"
+            f"{round(self.down[0]) if self.records else 0:>16,}{round(self.total):>18,}"
         )
         return "\n".join(lines)
+
+
+def _plain(values) -> list:
+    """Ints as they are; MoE expectations (Fractions) as floats, for JSON."""
+    return [v if isinstance(v, int) else float(v) for v in values]
 
 
 def _label(r: TrafficRecord) -> str:
@@ -136,10 +144,11 @@ def _is_call(eqn) -> bool:
 def _walk(jaxpr, multiplicity: int, found: Counter, recompute: bool = False) -> None:
     for eqn in jaxpr.eqns:
         name = str(eqn.params.get("name", ""))
-        spec = lookup(name) or lookup_sg(name)
+        spec = lookup(name) or lookup_sg(name) or lookup_ep(name)
         if spec is not None:
             if _is_call(eqn):
-                phase = "recompute" if recompute and spec.phase == "forward" else spec.phase
+                own = getattr(spec, "phase", "forward")  # MoE dispatch markers: forward
+                phase = "recompute" if recompute and own == "forward" else own
                 found[(spec, phase)] += multiplicity
             continue
         inner = Counter()
@@ -169,6 +178,10 @@ def count_traffic(fn, *args, **kwargs) -> TrafficReport:
 
     Arguments may be arrays or ``jax.ShapeDtypeStruct``; no arithmetic runs, so this is
     cheap for LLaMA-2-70B-sized activations. Calls inside ``scan`` count ``length`` times.
+    MoE layers (``scinjax.moe.dispatch`` markers) give `EPRecord`s of dispatch + combine
+    with the uniform-routing expectation of spec/moe.md (``routing="uniform"``: routing is
+    data, unknown to a trace); `EPRecord`/`ep_concrete_record` give exact bytes of a
+    concrete routing (``models.model_traffic(..., weights=, ids=)`` does this).
     Records come in order of first appearance, one per distinct call site configuration
     and phase: under ``jax.grad`` the All-Reduces of cotangents have ``phase="backward"``
     (their own formats), forward calls that ``jax.checkpoint`` runs again ``"recompute"``.
@@ -181,6 +194,8 @@ def count_traffic(fn, *args, **kwargs) -> TrafficReport:
     records = tuple(
         sg_spec_record(spec, count, phase)
         if isinstance(spec, SGSpec)
+        else ep_uniform_record(spec, count, phase, label="moe")
+        if isinstance(spec, EPCallSpec)
         else collective_record(
             spec.algorithm,
             n_ranks=spec.n_ranks,
