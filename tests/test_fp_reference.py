@@ -178,6 +178,23 @@ def test_nv_golden():
     assert np.isnan(s[0, 0].astype(np.float32)) and (c[0, :16] == 0).all()
     # all-zero array: T_enc = 1
     assert _q(np.zeros((2, 16)), fmt)[2] == np.float32(1)
+    # the order T_enc * f32(1/6) matters: G = 3 -> T_enc = 896, f32(896 * f32(1/6)) =
+    # 149.33334 while f32(896 / 6) = 149.33333; a = 1.125: 1.125 * 149.33334 = 168.00002
+    # -> e4m3 176, whereas 168 exactly would tie 160/176 and go to the even 160
+    x = np.zeros((1, 32), np.float32)
+    x[0, 0], x[0, 16], x[0, 17] = 3.0, 1.125, -0.5
+    _, s, t = _q(x, fmt)
+    assert_bits(s[0].astype(np.float32), np.float32([448, 176]), "nv scale order")
+    if HAS_FP:
+        check_q(scinjax.quantize(jnp.asarray(x), "nvfp4"), x, fmt, "nv scale order")
+    # elements are v * m with m = f32(1/S), not v / S: G = 3, block amax 1 -> s_b = 144,
+    # S = f32(144 * T_dec) = 0.1607143; v = 0.40178576: v / S = 2.5 (a tie -> 2) but
+    # v * m = 2.5000002 -> 3 (code 5); 1.0 * m = 6.2222 -> 6 (code 7)
+    x[0, 16:18] = [1.0, np.float32(0.40178576)]
+    c, s, _ = _q(x, fmt)
+    assert s[0, 1].astype(np.float32) == 144 and list(c[0, 16:18]) == [7, 5]
+    if HAS_FP:
+        check_q(scinjax.quantize(jnp.asarray(x), "nvfp4"), x, fmt, "nv multiplier")
 
 
 def test_float_scales_golden():
@@ -403,6 +420,17 @@ def test_stochastic_with_caller_noise(ref):
     x = adversarial(ref, 9, rows=4)
     u = np.random.default_rng(3).random(x.shape).astype(np.float32)
     u[0, :4] = [0.0, np.nextafter(np.float32(1), 0), 0.5, 0.25]
+    if ref.scale == "e8m0_floor":
+        # block 0 of row 1: amax M -> S = 1; r = +-(lo + 0.3 step) with u exactly equal to
+        # the ratio (r - lo)/(hi - lo) of formats.md: not u < ratio -> the lo neighbour
+        v = ref.elem.values
+        k = len(v) // 2
+        r0 = np.float32(v[k] + (v[k + 1] - v[k]) * 0.3)
+        x[1, : ref.block_size] = 0
+        x[1, 0], x[1, 1], x[1, 2] = ref.elem.M, r0, -r0
+        ratio = (Fraction(float(r0)) - Fraction(v[k])) / Fraction(v[k + 1] - v[k])
+        u[1, 1], u[1, 2] = np.float32(ratio), np.float32(1 - ratio)
+        assert Fraction(float(u[1, 1])) == ratio and Fraction(float(u[1, 2])) == 1 - ratio
     q = jax.jit(lambda a, n: scinjax.quantize(a, fmt, noise=n))(jnp.asarray(x), jnp.asarray(u))
     check_q(q, x, ref, "sr jit", noise=u)
 
@@ -498,3 +526,73 @@ def test_two_shot_rejects_mixed_block_sizes():
             lambda t: scinjax.allreduce(t, AX, "two_shot", uplink="mxfp8", downlink="nvfp4"),
             axis_name=AX,
         )(x)
+
+
+def test_nv_tiny_tensor_scale_flushes():
+    """G < 2688/FLT_MAX: T_enc saturates at the float32 maximum, T_dec = 1/FLT_MAX is a
+    float32 subnormal -> flushed to 0 -> S = 0 -> every code +0 (block scales still stored)."""
+    x = np.zeros((1, 32), np.float32)
+    x[0, :2] = [1e-36, -5e-37]
+    x[0, 17] = 3e-37
+    c, s, t = F.quantize(x, "nvfp4")
+    assert t == 0 and not np.signbit(t) and (c == 0).all()
+    # s_b = e4m3(a * f32(FLT_MAX * f32(1/6))): 1e-36 * 5.67e37 = 56.7 -> 56; 3e-37 -> 17.01 -> 18
+    assert_bits(s[0].astype(np.float32), np.float32([56, 18]), "nv tiny block scales")
+    if HAS_FP:
+        check_q(scinjax.quantize(jnp.asarray(x), "nvfp4"), x, F.PRESETS["nvfp4"], "nv tiny G")
+
+
+def _run_wire(fmt, shape, B, N):
+    """Wire bytes (payload, scale) of each owner's run of two_shot (empty runs: 0 bytes)."""
+    out = []
+    H = shape[-1]
+    for lo, hi, nb in R.two_shot_runs(shape, B, N):
+        del nb
+        if hi == lo:
+            out.append((0, 0))
+            continue
+        # a run is whole blocks: payload ceil(elements*bits/8), scales blocks*scale_bytes,
+        # plus nv's 4-byte tensor scale once per run
+        nblocks = sum(1 for e in range(lo, hi) if (e % H) % B == 0)
+        f = F.get(fmt)
+        sb = f.scale_bytes
+        extra = 4 if isinstance(f, F.RefFp) and f.scale == "nv" else 0
+        out.append((-(-(hi - lo) * f.bits // 8), nblocks * sb + extra))
+    return out
+
+
+@needs_api
+@pytest.mark.parametrize(
+    "alg,up,down,N,shape",
+    [
+        ("scin", "nvfp4", "mxfp4", 3, (3, 37)),
+        ("scin", "mxfp6-e2m3", "fp8-b256-f32", 8, (2, 300)),
+        ("two_shot", "nvfp4", "nvfp4", 3, (3, 37)),
+        ("two_shot", "nvfp4", "nvfp4", 8, (3, 37)),
+        ("two_shot", "mxfp8", "mxfp6-e3m2", 3, (1, 16)),
+        ("two_shot", "mxfp4", "mxint8", 4, (5, 70)),
+    ],
+)
+def test_fp_link_bytes_closed_form(alg, up, down, N, shape):
+    """scin: wire(x) on every link. two_shot (docs/semantics.md): with w_j the wire bytes of
+    run j, up[i] = sum_{j != i} w_up_j + (N-1) w_dn_i, down[i] = (N-1) w_up_i + sum_{j != i}
+    w_dn_j, payload and scales apart."""
+    from scinjax.traffic import collective_record
+
+    rec = collective_record(
+        alg, n_ranks=N, shape=shape, dtype=jnp.bfloat16, uplink=up, downlink=down
+    )
+    if alg == "scin":
+        (pu, su), (pd, sd) = F.wire_bytes(shape, up), F.wire_bytes(shape, down)
+        want = {"up_payload": [pu] * N, "up_scale": [su] * N}
+        want |= {"down_payload": [pd] * N, "down_scale": [sd] * N}
+    else:
+        B = F.get(up).block_size
+        wu, wd = _run_wire(up, shape, B, N), _run_wire(down, shape, B, N)
+        want = {}
+        for k, kind in enumerate(("payload", "scale")):
+            tu, td = sum(w[k] for w in wu), sum(w[k] for w in wd)
+            want[f"up_{kind}"] = [tu - wu[i][k] + (N - 1) * wd[i][k] for i in range(N)]
+            want[f"down_{kind}"] = [(N - 1) * wu[i][k] + td - wd[i][k] for i in range(N)]
+    for field, v in want.items():
+        assert list(getattr(rec, field)) == v, (field, list(getattr(rec, field)), v)

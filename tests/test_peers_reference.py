@@ -152,10 +152,11 @@ def peer_data(N, shape, dt, seed):
     v[rng.random(v.shape) < 0.04] = 0.0
     f = v.reshape(N, -1)
     n = f.shape[1]
-    # QuickReduce: +a / -a tie in an even block (elements 0 and 2 of a run), and a
-    # positive-only extreme in the next run's odd block
-    f[:, 0], f[:, 2] = 3.0, -3.0
-    if n > 65:
+    # QuickReduce: +a / -a tie as the extreme of an even block (elements 0 and 2 of a run
+    # of small values), and a positive-only extreme in that run's odd block
+    if n >= 128:
+        f[:, 64:128] = rng.standard_normal((N, 64)) * 0.1
+        f[:, 64], f[:, 66] = 5.0, -5.0
         f[:, 65] = 7.0
     if n > 300:
         f[:, 128:192] = 0.0  # all-zero run / part of a zero FlashInfer/TRT group
@@ -168,7 +169,13 @@ def peer_data(N, shape, dt, seed):
     if n > 1500:
         f[1, 992:1488] = 0.0  # a TRT-LLM group whose amax 2e-38 makes 448/a overflow
         f[1, 1000] = 2e-38
-        f[N - 1, n - 5] = np.inf
+    if n > 2000 and N > 2:
+        # TRT-LLM's summation order: in the last group (owner r > 0) x_r = B, x_{r+1} = -B,
+        # x_{r-1} = 1: r, r+1, ..., r-1 gives (B - B) + ... + 1 = 1; 0..N-1 would lose the 1
+        r = len([s for s in F.segments(n, 496, N) if s[0] < s[1]]) - 1
+        e, B = n - 100, 448.0 * 2**20
+        f[r, e], f[(r + 1) % N, e], f[(r - 1) % N, e] = B, -B, 1.0
+        f[N - 1, 500] = np.inf
     return f.reshape(v.shape).astype(dt)
 
 
