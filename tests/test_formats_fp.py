@@ -558,3 +558,18 @@ def test_nv_traffic_closed_form():
     )
     assert rec.up_payload == rec.down_payload == (200, 200, 184, 136)
     assert rec.up_scale == rec.down_scale == (10, 10, 8, 8)
+
+
+@pytest.mark.parametrize("element", list(ELEMENTS))
+def test_dequantize_decodes_every_bit_pattern_like_ml_dtypes(element):
+    """Hand-built codes (NaN/Inf patterns included) with S == 1 decode as ml_dtypes does."""
+    t, bits, _, _, code_dtype = ELEMENTS[element]
+    patterns = np.arange(1 << bits, dtype=np.uint8)
+    want = patterns.view(t).astype(np.float32)
+    codes = patterns if code_dtype == jnp.uint8 else patterns.view(t)
+    fmt = FpFormat(element=element, block_size=len(patterns))
+    scales = np.full((1, 1), 127, np.uint8).view(ml_dtypes.float8_e8m0fnu)  # 2**0
+    q = scinjax.QArray(jnp.asarray(codes[None]), jnp.asarray(scales), fmt)
+    got = np.asarray(dequantize(q))[0]
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (patterns[~same], got[~same], want[~same])

@@ -124,9 +124,11 @@ def _block_scales(a, poisoned, fmt: FpFormat, el: Element, t_enc):
         return _e8m0(jnp.clip(e, -_BIAS, _BIAS), poisoned)
     if fmt.scale == "nv":
         c = ftz(t_enc * _recip(big_m))  # f32(T_enc * f32(1/M)), a scalar
-        sb = jnp.minimum(ftz(a * c), 448.0).astype(jnp.float8_e4m3fn)  # RNE, saturating
-        stored = jnp.where(poisoned, jnp.asarray(jnp.nan, jnp.float8_e4m3fn), sb)
-        return stored, to_f32(stored)
+        # e4m3_sat(a * c): RNE, saturating at 448, subnormals kept (the integer code path:
+        # XLA:CPU's float32 -> float8 cast is slow); poisoned blocks get the NaN code 0x7F
+        e4m3 = ELEMENTS["e4m3"]
+        code = jnp.where(poisoned, jnp.uint8(0x7F), _to_codes(a * c, e4m3, None))
+        return lax.bitcast_convert_type(code, jnp.float8_e4m3fn), _decode_bits(code, e4m3)
     sdtype = jnp.dtype(fmt.scale)
     cast = exact_div(a, big_m).astype(sdtype)
     cast = jnp.where(jnp.isinf(cast), jnp.finfo(sdtype).max.astype(sdtype), cast)
@@ -182,6 +184,11 @@ def _decode_bits(code: jnp.ndarray, el: Element) -> jnp.ndarray:
     # field 0: mant * 2**(emin - mbits); else (2**mbits + mant) * 2**(field - bias - mbits)
     k = jnp.where(field == 0, mant, mant + (1 << el.mbits)).astype(jnp.float32)
     mag = k * _pow2_exact(jnp.maximum(field, 1) - el.bias - el.mbits)
+    special = c & ((1 << (el.bits - 1)) - 1) > el.max_code  # float8 NaN/Inf patterns
+    if el.max_code == 0x7E:  # e4m3 ("fn"): S.1111.111 is NaN, there is no Inf
+        mag = jnp.where(special, jnp.nan, mag)
+    elif el.max_code == 0x7B:  # e5m2: exponent field 31 is Inf (mantissa 0) or NaN
+        mag = jnp.where(special, jnp.where(mant == 0, jnp.inf, jnp.nan), mag)
     return jnp.where((c >> (el.bits - 1)) == 1, -mag, mag)
 
 
@@ -189,6 +196,13 @@ def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
     """Float32 values of element codes (any of ``QArray.codes``' dtypes)."""
     if codes.dtype == jnp.uint8:
         return _decode_bits(codes, el)
+    if el.bits == 8:  # XLA:CPU's float8 -> float32 convert is slower than this arithmetic
+        return _decode_bits(lax.bitcast_convert_type(codes, jnp.uint8), el)
+    if codes.shape and codes.shape[-1] % 2 == 0:  # float4: pairs -> bytes is fast, the cast not
+        pairs = codes.reshape(codes.shape[:-1] + (codes.shape[-1] // 2, 2))
+        packed = lax.bitcast_convert_type(pairs, jnp.uint8)  # element 2i in the low nibble
+        nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1).reshape(codes.shape)
+        return _decode_bits(nibbles, el)
     return codes.astype(jnp.float32)
 
 
@@ -240,6 +254,8 @@ def scale_values(scales: jnp.ndarray, fmt: FpFormat, t_dec=None) -> jnp.ndarray:
     if fmt.scale.startswith("e8m0"):
         code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
         return jnp.where(code == _E8M0_NAN, jnp.nan, _pow2(code - _BIAS))
+    if fmt.scale == "nv":  # e4m3 block scales (never subnormal in float32)
+        return decode_codes(scales, ELEMENTS["e4m3"])
     return to_f32(scales)
 
 
