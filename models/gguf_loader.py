@@ -212,6 +212,15 @@ def _config_from_reader(path: str, reader, name: str | None):
     n_layers = int(meta("block_count", required=True))
     gate = tensors.get("blk.0.ffn_gate.weight")
     ffn = _shape(gate)[0] if gate is not None else int(meta("feed_forward_length", 0))
+    moe = None
+    if meta("expert_count"):  # Mixtral: `llama` with ffn_*_exps expert tensors
+        from .moe_spec import MoeSpec
+
+        exps = tensors.get("blk.0.ffn_gate_exps.weight")
+        width = _shape(exps)[1] if exps is not None else ffn  # [E, I, H]
+        top_k = int(meta("expert_used_count", required=True))
+        moe = MoeSpec(n_experts=int(meta("expert_count")), top_k=top_k, intermediate=width)
+        ffn = ffn or width
     window = meta("attention.sliding_window")
     config = LlamaConfig(
         vocab_size=int(vocab),
@@ -228,6 +237,7 @@ def _config_from_reader(path: str, reader, name: str | None):
         qkv_bias=arch.qkv_bias,
         rope_scaling=scaling,
         sliding_window=None if window in (None, 0) else int(window),
+        moe=moe,
         name=name or os.path.splitext(os.path.basename(path))[0],
     )
     return config, arch, tensors
@@ -315,6 +325,10 @@ def read_gguf(
     if arch.qkv_bias:
         layer |= {f"{g}.bias": c for g, c in _BIAS_TENSORS.items()}
     known = {"token_embd.weight", "output_norm.weight", "output.weight", "rope_freqs.weight"}
+    if config.moe is not None:  # the expert tensors replace the dense MLP
+        layer = {g: c for g, c in layer.items() if c not in ("w_gate", "w_up", "w_down")}
+        exps = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+        known |= {f"blk.{i}.{g}.weight" for i in range(n_layers) for g in exps}
     known |= {f"blk.{i}.{g}" for i in range(n_layers) for g in layer}
     extra = sorted(set(tensors) - known)
     if extra:
@@ -342,6 +356,14 @@ def read_gguf(
             elif arch.permute_qk and gname == "attn_k.weight":
                 heads = n_kv
             weights[f"layers.{i}.{cname}"] = lazy_load(f"blk.{i}.{gname}", heads=heads)
+    if config.moe is not None:  # read eagerly by the Mixtral MoE reader (models.moe_loader)
+        from .moe_loader import read_mixtral_gguf_moe
+
+        _, moe = read_mixtral_gguf_moe(path)
+        names = ("router", "router"), ("w_gate", "experts_gate"), ("w_up", "experts_up")
+        for src, dst in names + (("w_down", "experts_down"),):
+            for i in range(n_layers):
+                weights[f"layers.{i}.{dst}"] = np.asarray(moe[src][i], dtype=dtype)
     weights["final_norm"] = lazy_load("output_norm.weight")
     if not config.tie_embeddings:
         weights["lm_head"] = lazy_load("output.weight")

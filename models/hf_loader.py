@@ -23,6 +23,7 @@ _SUPPORTED = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",  # every MLP a mixture of experts (LlamaConfig.moe)
 }
 
 _LAYER = {
@@ -131,6 +132,8 @@ def _sliding_window(cfg: dict, model_type: str, n_layers: int, source: str):
         )
     if model_type == "mistral":
         window = cfg.get("sliding_window", 4096)
+    elif model_type == "mixtral":  # MixtralConfig's default is null (full attention)
+        window = cfg.get("sliding_window")
     elif model_type == "qwen2" and cfg.get("use_sliding_window"):
         if int(cfg.get("max_window_layers", n_layers)) != 0:
             raise ValueError(
@@ -180,6 +183,20 @@ def config_from_hf(cfg: dict, *, name: str, source: str = ""):
     n_head = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     n_layers = int(cfg["num_hidden_layers"])
+    moe = None
+    if model_type == "mixtral":
+        from .moe_spec import MoeSpec
+
+        missing = [k for k in ("num_local_experts", "num_experts_per_tok") if k not in cfg]
+        if missing:
+            raise ValueError(
+                f"{source}: model_type 'mixtral' needs {' and '.join(missing)} in config.json"
+            )
+        moe = MoeSpec(
+            n_experts=int(cfg["num_local_experts"]),
+            top_k=int(cfg["num_experts_per_tok"]),
+            intermediate=int(cfg["intermediate_size"]),
+        )
     return LlamaConfig(
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
@@ -195,6 +212,7 @@ def config_from_hf(cfg: dict, *, name: str, source: str = ""):
         qkv_bias=model_type == "qwen2",
         rope_scaling=scaling,
         sliding_window=_sliding_window(cfg, model_type, n_layers, source),
+        moe=moe,
         name=name,
     )
 
@@ -298,6 +316,16 @@ def read_hf_folder(
 
     weights = {"embed": take("model.embed_tokens.weight")}
     layer = _LAYER | (_BIAS if config.qkv_bias else {})
+    if config.moe is not None:  # experts replace the dense MLP: read by models.moe_loader
+        from .moe_loader import read_mixtral_hf_moe
+
+        layer = {h: c for h, c in layer.items() if not h.startswith("mlp.")}
+        _, moe = read_mixtral_hf_moe(folder)
+        used |= {k for k in handles if ".block_sparse_moe." in k}
+        names = ("router", "router"), ("w_gate", "experts_gate"), ("w_up", "experts_up")
+        for src, dst in names + (("w_down", "experts_down"),):
+            for i in range(config.num_layers):
+                weights[f"layers.{i}.{dst}"] = np.asarray(moe[src][i], dtype=dtype)
     for i in range(config.num_layers):
         for hname, cname in layer.items():
             weights[f"layers.{i}.{cname}"] = take(f"model.layers.{i}.{hname}", transpose=True)

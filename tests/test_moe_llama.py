@@ -221,3 +221,104 @@ def test_moe_config_errors():
         build_model(tiny_moe(n_experts=6), random_weights(tiny_moe(n_experts=6)), tp=4).forward(
             np.zeros((1, 4), np.int32)
         )
+
+
+def _mixtral_files(tmp_path):
+    """A tiny Mixtral written as GGUF (`llama` + ffn_*_exps) and as an HF MixtralForCausalLM
+    folder from the same canonical weights; returns (config, weights, gguf path, folder)."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file, save_file
+    from tiny_gguf import hf_layout, tiny_config, tiny_vocab, write_hf_folder
+
+    dense = tiny_config(intermediate_size=I)
+    cfg = dense.replace(moe=MoeSpec(n_experts=E, top_k=K, intermediate=I))
+    w = random_weights(cfg, seed=11)
+    dw = dict(w)  # dense stand-ins so the dense writers run; their MLP tensors are dropped
+    for i in range(cfg.num_layers):
+        for key, shape in (("w_gate", (64, I)), ("w_up", (64, I)), ("w_down", (I, 64))):
+            dw[f"layers.{i}.{key}"] = np.zeros(shape, np.float32)
+
+    # GGUF: llama.cpp's Mixtral layout, PyTorch [out, in] per expert, experts first
+    path = tmp_path / "mixtral.gguf"
+    tokens, types, merges = tiny_vocab()
+    wr = gguf.GGUFWriter(str(path), "llama")
+    wr.add_name("tiny-mixtral")
+    wr.add_block_count(cfg.num_layers)
+    wr.add_context_length(cfg.max_position)
+    wr.add_embedding_length(cfg.hidden_size)
+    wr.add_feed_forward_length(I)
+    wr.add_head_count(cfg.num_heads)
+    wr.add_head_count_kv(cfg.num_kv_heads)
+    wr.add_rope_dimension_count(cfg.head_dim)
+    wr.add_rope_freq_base(cfg.rope_theta)
+    wr.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    wr.add_expert_count(E)
+    wr.add_expert_used_count(K)
+    wr.add_tokenizer_model("gpt2")
+    wr.add_tokenizer_pre("smollm")
+    wr.add_token_list(tokens)
+    wr.add_token_types(types)
+    wr.add_token_merges(merges)
+    wr.add_bos_token_id(0)
+    wr.add_eos_token_id(0)
+    for name, arr in hf_layout(dense, dw).items():
+        if not any(f".{g}.weight" in name for g in ("ffn_gate", "ffn_up", "ffn_down")):
+            wr.add_tensor(name, np.ascontiguousarray(arr, np.float32))
+    for i in range(cfg.num_layers):
+        p, b = f"layers.{i}.", f"blk.{i}."
+        wr.add_tensor(b + "ffn_gate_inp.weight", np.ascontiguousarray(w[p + "router"].T))
+        for g, key in (("gate", "experts_gate"), ("up", "experts_up"), ("down", "experts_down")):
+            wr.add_tensor(
+                f"{b}ffn_{g}_exps.weight", np.ascontiguousarray(w[p + key].swapaxes(1, 2))
+            )
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+
+    # HF: the dense folder, its MLP replaced by block_sparse_moe tensors, config -> mixtral
+    folder = tmp_path / "mixtral"
+    raw = write_hf_folder(folder, dense, dw)
+    raw.update(
+        architectures=["MixtralForCausalLM"],
+        model_type="mixtral",
+        num_local_experts=E,
+        num_experts_per_tok=K,
+    )
+    (folder / "config.json").write_text(json.dumps(raw))
+    t = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if ".mlp." not in k}
+    for i in range(cfg.num_layers):
+        p, b = f"layers.{i}.", f"model.layers.{i}.block_sparse_moe."
+        t[b + "gate.weight"] = np.ascontiguousarray(w[p + "router"].T)
+        for e in range(E):
+            for hname, key in (
+                ("w1", "experts_gate"),
+                ("w3", "experts_up"),
+                ("w2", "experts_down"),
+            ):
+                t[f"{b}experts.{e}.{hname}.weight"] = np.ascontiguousarray(w[p + key][e].T)
+    save_file(t, str(folder / "model.safetensors"))
+    return cfg, w, path, folder
+
+
+def test_mixtral_loaders_build_the_full_model(tmp_path):
+    """GGUF and HF Mixtral files written here load as LlamaConfig(moe=...) with the same
+    canonical weights, and the loaded model on 2 ranks == the dense NumPy reference."""
+    from scinjax.models import load_weights
+
+    cfg, w, path, folder = _mixtral_files(tmp_path)
+    ids = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 6))
+    ref, _ = reference(cfg, w, ids)
+    for src in (path, folder):
+        got_cfg, got, _ = load_weights(src)
+        assert got_cfg.moe == cfg.moe, src
+        assert sorted(got) == sorted(w), src
+        for k in w:
+            np.testing.assert_allclose(np.asarray(got[k]), w[k], rtol=0, atol=1e-6, err_msg=k)
+    # loaders give the default bf16 links; fp32 links make the EP model exact
+    exact = got_cfg.moe.replace(dispatch_format="fp32", combine_format="fp32")
+    model = build_model(got_cfg.replace(moe=exact), got, tp=2, collective="exact")
+    out = np.asarray(model.forward(ids))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
