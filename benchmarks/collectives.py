@@ -154,8 +154,9 @@ def _plot(rows, path):
     sizes = [r["bytes_per_rank"] for r in rows]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for name in ["plain_f32_sum", *VARIANTS]:
-        ax.loglog(sizes, [r[name] * 1e3 for r in rows], marker="o", label=name)
+    for i, name in enumerate(["plain_f32_sum", *VARIANTS]):  # > 10 lines: vary the marker
+        times = [r[name] * 1e3 for r in rows]
+        ax.loglog(sizes, times, marker="os^"[i // 10 % 3], color=f"C{i % 10}", label=name)
     ax.set_xticks(sizes, [_size_label(s) for s in sizes], minor=False)
     ax.set_xticks([], minor=True)
     ax.set_xlabel("message bytes per rank (bf16)")
