@@ -28,8 +28,19 @@ DEFAULT_COLLECTIVES = (
 )
 
 
+def _per_rank(records, field: str) -> list:
+    """Sum over records of ``field`` per rank, times each record's ``calls``."""
+    n = records[0].n_ranks if records else 0
+    return [sum(getattr(r, field)[i] * r.calls for r in records) for i in range(n)]
+
+
 def traffic_rows(config, *, tp, tokens, batch, collectives, wire_dtype="bfloat16") -> list[dict]:
-    """One dict per collective: per-layer and per-forward bytes on every link (exact ints)."""
+    """One dict per collective: per-layer and per-forward bytes on every link (exact ints).
+
+    The All-Reduces (``per_layer``/``per_forward``) and, for an MoE config, the expert
+    dispatch + combine (``moe_per_layer``: the uniform-routing expectation of
+    spec/moe.md, so possibly fractional) are reported apart.
+    """
     layers = config.num_layers
     elements = batch * tokens * config.hidden_size  # per All-Reduce, per rank
     rows = []
@@ -37,29 +48,39 @@ def traffic_rows(config, *, tp, tokens, batch, collectives, wire_dtype="bfloat16
         report = model_traffic(
             config, tp=tp, collective=spec, tokens=tokens, batch=batch, wire_dtype=wire_dtype
         )
-        up, down = list(report.up), list(report.down)
+        ar = [r for r in report.records if getattr(r, "kind", "allreduce") != "moe"]
+        moe = [r for r in report.records if getattr(r, "kind", "allreduce") == "moe"]
+        up, down = _per_rank(ar, "up"), _per_rank(ar, "down")
         if any(v % layers for v in up + down):
             raise AssertionError("per-forward bytes are not a whole number of layers")
-        rows.append(
-            dict(
-                collective=spec,
-                allreduces_per_layer=report.calls // layers if layers else 0,
-                elements_per_allreduce=elements,
-                per_layer=dict(up=[v // layers for v in up], down=[v // layers for v in down]),
-                per_forward=dict(
-                    up=up,
-                    down=down,
-                    up_payload=list(report.up_payload),
-                    up_scale=list(report.up_scale),
-                    down_payload=list(report.down_payload),
-                    down_scale=list(report.down_scale),
-                ),
-                max_link_bytes_per_layer=report.max_link_bytes // layers,
-                max_link_bytes=report.max_link_bytes,
-                total_bytes=report.total,
-                wire_bytes_per_element=(max(up) / (report.calls * elements)) if up else 0.0,
-            )
+        calls = sum(r.calls for r in ar)
+        row = dict(
+            collective=spec,
+            allreduces_per_layer=calls // layers if layers else 0,
+            elements_per_allreduce=elements,
+            per_layer=dict(up=[v // layers for v in up], down=[v // layers for v in down]),
+            per_forward=dict(
+                up=up,
+                down=down,
+                up_payload=_per_rank(ar, "up_payload"),
+                up_scale=_per_rank(ar, "up_scale"),
+                down_payload=_per_rank(ar, "down_payload"),
+                down_scale=_per_rank(ar, "down_scale"),
+            ),
+            max_link_bytes_per_layer=max(max(up), max(down)) // layers if up else 0,
+            max_link_bytes=max(max(up), max(down)) if up else 0,
+            total_bytes=sum(up) + sum(down),
+            wire_bytes_per_element=(max(up) / (calls * elements)) if up and calls else 0.0,
         )
+        if moe:
+            m_up, m_down = _per_rank(moe, "up"), _per_rank(moe, "down")
+            row["moe_per_layer"] = dict(
+                up=[float(v) / layers for v in m_up],
+                down=[float(v) / layers for v in m_down],
+                routing=sorted({r.routing for r in moe}),
+                algorithm=sorted({r.algorithm for r in moe}),
+            )
+        rows.append(row)
     return rows
 
 
@@ -82,6 +103,19 @@ def _table(rows: list[dict]) -> str:
             f"{max(r['per_layer']['down']):>19,}{r['max_link_bytes']:>24,}"
             f"{_fmt(r['total_bytes']):>19}{r['wire_bytes_per_element']:>8.4f}"
         )
+    moe = [r for r in rows if "moe_per_layer" in r]
+    if moe:
+        m = moe[0]["moe_per_layer"]
+        lines.append(
+            f"\nMoE dispatch + combine ({'/'.join(m['algorithm'])}, "
+            f"{'/'.join(m['routing'])} routing: spec/moe.md's expectation), busiest rank:"
+        )
+        lines.append(f"{'collective':<15}{'up B/link/layer':>17}{'down B/link/layer':>19}")
+        for r in moe:
+            lines.append(
+                f"{r['collective']:<15}{max(r['moe_per_layer']['up']):>17,.0f}"
+                f"{max(r['moe_per_layer']['down']):>19,.0f}"
+            )
     return "\n".join(lines)
 
 
