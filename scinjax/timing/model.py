@@ -207,7 +207,9 @@ def record_breakdown(record: TrafficRecord, profile: FabricProfile | str) -> Tim
         serial = sum(gpu_times)
     bottleneck = max(streams, key=streams.get)
     fill = (stages - 1) * min(p.chunk_bytes, link_bytes) / rate
-    launch = p.graph_launch_overhead if p.cuda_graphs else p.launch_overhead + p.eager_overhead[fabric]
+    launch = (
+        p.graph_launch_overhead if p.cuda_graphs else p.launch_overhead + p.eager_overhead[fabric]
+    )
     latency = (
         launch
         + st.hops * p.hop_latency
