@@ -22,8 +22,8 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SMALL_TOKENS = "16"
-# a code cell that shows a figure (pyplot's show, IPython's display of a Figure)
-SHOWS_FIGURE = re.compile(r"\bplt\.show\(|\bdisplay\(\s*fig")
+# a code cell that shows a figure (pyplot's show, IPython's display of a Figure or PNG)
+SHOWS_FIGURE = re.compile(r"\bplt\.show\(|\bdisplay\(\s*(?:fig|Image\()")
 
 
 def _cells_without_image(nb) -> list[str]:
