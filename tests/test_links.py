@@ -67,7 +67,7 @@ def _param(path: Path, readme_pending: bool = False):
     return pytest.param(path, id=rel)
 
 
-TEXT_FILES = _repo_files(".md", ".ipynb", ".py", ".toml", ".txt", ".cfg")
+TEXT_FILES = _repo_files(".md", ".ipynb", ".py", ".toml", ".txt", ".cfg", ".json")
 MARKDOWN_FILES = _repo_files(".md", ".ipynb")
 
 
