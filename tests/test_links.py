@@ -23,7 +23,6 @@ HTML_SRC = re.compile(r"<img\s[^>]*src=\"([^\"]+)\"", re.IGNORECASE)
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 PAGE = re.compile(r"(?<![\w/.])(?:docs/)?(spec|reference)/([\w.-]+\.md)")
-README_OWNER = "README.md"  # the lead's file: the replacements are listed in the report
 
 
 def _repo_files(*suffixes: str) -> list[Path]:
@@ -58,13 +57,8 @@ def _is_external(target: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target)) or target.startswith("#")
 
 
-def _param(path: Path, readme_pending: bool = False):
-    rel = str(path.relative_to(ROOT))
-    if readme_pending and rel == README_OWNER:
-        return pytest.param(
-            path, id=rel, marks=pytest.mark.xfail(reason="README.md links are the lead's to fix")
-        )
-    return pytest.param(path, id=rel)
+def _param(path: Path):
+    return pytest.param(path, id=str(path.relative_to(ROOT)))
 
 
 TEXT_FILES = _repo_files(".md", ".ipynb", ".py", ".toml", ".txt", ".cfg", ".json")
@@ -77,7 +71,7 @@ def test_the_scan_sees_the_repository():
     assert any(n.endswith(".ipynb") for n in names)
 
 
-@pytest.mark.parametrize("path", [_param(p, readme_pending=True) for p in TEXT_FILES])
+@pytest.mark.parametrize("path", [_param(p) for p in TEXT_FILES])
 def test_no_path_into_the_shared_folder(path):
     text = path.read_text(encoding="utf-8")
     hits = [m.group(0) for m in SHARED.finditer(text)]
