@@ -138,7 +138,9 @@ def run_sweep(grid: SweepGrid = DEFAULT_GRID, *, progress: bool = True, **study)
         dtype = study.get("weights_dtype", "float32")
         study["loaded"] = load_weights(study.pop("model", None), dtype=dtype)
     study.pop("model", None)
-    fams = {str(parse_collective_or_policy(spec)): fam for fam, spec in grid.variants}
+    fams = {}
+    for fam, spec in grid.variants:  # a spec in several families keeps its first
+        fams.setdefault(str(parse_collective_or_policy(spec)), fam)
     bar = progress_bar(1 + len(grid.n_values), desc="sweep", unit="study", enabled=progress)
     bar.set_description(f"format grid at N={grid.tp} ({len(grid.variants)} variants)")
     res = run_study(tp=grid.tp, variants=[s for _, s in grid.variants], progress=False, **study)
