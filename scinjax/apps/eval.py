@@ -20,7 +20,6 @@ skipped and counted).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ import time
 import numpy as np
 
 from scinjax._progress import progress as progress_bar
+from scinjax.apps._files import write_result_files
 
 __all__ = ["Item", "read_tasks", "score_choices", "run_eval", "format_eval", "write_eval"]
 
@@ -273,14 +273,6 @@ def format_eval(result: dict) -> str:
 
 
 def write_eval(result: dict, out_dir) -> dict[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    p = {k: os.path.join(out_dir, f"eval.{k}") for k in ("json", "csv", "txt")}
-    with open(p["json"], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    with open(p["csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        w.writeheader()
-        w.writerows(result["rows"])
-    with open(p["txt"], "w", encoding="utf-8") as f:
-        f.write(format_eval(result) + "\n")
-    return p
+    return write_result_files(
+        out_dir, "eval", doc=result, rows=result["rows"], text=format_eval(result), indent=1
+    )

@@ -19,13 +19,12 @@ point has both fewer bytes and a lower KL), and KL against N per format.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import os
 
 from scinjax._progress import progress as progress_bar
+from scinjax.apps._files import write_result_files
 from scinjax.collectives import parse_collective_or_policy
 
 __all__ = ["SweepGrid", "DEFAULT_GRID", "QUICK_GRID", "run_sweep", "pareto_front", "write_sweep"]
@@ -344,19 +343,17 @@ def plot_n(result: dict, path) -> str:
 
 
 def write_sweep(result: dict, out_dir, *, plots: bool = True) -> dict[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    p = {k: os.path.join(out_dir, f"sweep.{k}") for k in ("json", "csv", "txt")}
-    with open(p["json"], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, default=lambda o: None if o is None else str(o))
     rows = [dict(r, part="formats") for r in result["format_rows"]]
     rows += [dict(r, part="n_sweep") for r in result["n_rows"]]
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(p["csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    with open(p["txt"], "w", encoding="utf-8") as f:
-        f.write(format_sweep(result) + "\n")
+    p = write_result_files(
+        out_dir,
+        "sweep",
+        doc=result,
+        rows=rows,
+        text=format_sweep(result),
+        indent=1,
+        default=lambda o: None if o is None else str(o),
+    )
     if plots:
         p["pareto_png"] = plot_pareto(result, os.path.join(out_dir, "sweep_pareto.png"))
         p["n_png"] = plot_n(result, os.path.join(out_dir, "sweep_n.png"))

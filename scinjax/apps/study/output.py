@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 
 import numpy as np
 
+from .._files import write_result_files
 from .stats import PERCENTILES
 
 __all__ = ["format_table", "format_percentiles", "write_results", "seed_spread"]
@@ -105,18 +105,10 @@ def seed_spread(result: dict) -> dict:
 def write_results(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     """``study.json`` (rows, settings, versions, seed spread), ``study.csv``, ``study.txt``;
     the per-token KL values of every run as ``study_kl.npz`` (float32)."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f"study.{k}") for k in ("json", "csv", "txt")}
     doc = {k: v for k, v in result.items() if k not in ("kl", "attribution")}
     doc["seed_spread"] = seed_spread(result)
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        w.writeheader()
-        w.writerows(result["rows"])
-    with open(paths["txt"], "w", encoding="utf-8") as f:
-        f.write(format_table(result) + "\n\n" + format_percentiles(result) + "\n")
+    text = format_table(result) + "\n\n" + format_percentiles(result)
+    paths = write_result_files(out_dir, "study", doc=doc, rows=result["rows"], text=text)
     if result.get("attribution"):
         paths["attribution"] = os.path.join(out_dir, "attribution.json")
         with open(paths["attribution"], "w", encoding="utf-8") as f:
