@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from scinjax._fusion import hoist
 from scinjax.formats._f32 import exact_div, ftz, to_f32
 from scinjax.formats._spec import FpFormat
 
 __all__ = ["Element", "ELEMENTS", "fp_quantize", "fp_dequantize", "decode_codes"]
 
 _F32_MAX = float(np.finfo(np.float32).max)
-_F32_TINY = float(np.finfo(np.float32).tiny)  # 2**-126, the smallest normal
+_F32_MIN_NORMAL_BITS = 0x00800000  # 2**-126, the smallest normal float32
 _E8M0_NAN = 0xFF
 _BIAS = 127
 
@@ -78,6 +79,11 @@ def _f32_const(v: float) -> float:
     return float(np.float32(v))
 
 
+def _f32_bits(v: float) -> int:
+    """The bit pattern of the float32 nearest ``v``."""
+    return int(np.float32(v).view(np.uint32))
+
+
 def _recip(m: float) -> float:
     """f32(1 / m): the correctly rounded float32 reciprocal (an IEEE float32 division)."""
     return float(np.float32(1.0) / np.float32(m))
@@ -101,6 +107,14 @@ def _pow2(e: jnp.ndarray) -> jnp.ndarray:
 def _pow2_exact(e: jnp.ndarray) -> jnp.ndarray:
     """Float32 ``2**e`` for int32 ``e`` in [-126, 127] (normal range only)."""
     return lax.bitcast_convert_type((e + _BIAS).astype(jnp.uint32) << 23, jnp.float32)
+
+
+def e8m0_values(scales: jnp.ndarray) -> jnp.ndarray:
+    """Float32 ``2**(code - 127)`` of float8_e8m0fnu scales, flushed (code 0 gives 0);
+    NaN for the NaN code. The code shifted into float32's exponent field is the value."""
+    code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.uint32)
+    power = lax.bitcast_convert_type(code << 23, jnp.float32)
+    return jnp.where(code == _E8M0_NAN, jnp.nan, power)
 
 
 def _e8m0(e: jnp.ndarray, poisoned: jnp.ndarray):
@@ -148,48 +162,96 @@ def _tensor_scale(a: jnp.ndarray, poisoned: jnp.ndarray, el: Element):
 def _to_codes(r: jnp.ndarray, el: Element, u: jnp.ndarray | None) -> jnp.ndarray:
     """Sign-magnitude element codes (uint8) of float32 ``r``: RNE or stochastic, saturating.
 
-    With ``e = max(floor(log2|r|), emin)`` the neighbouring element values are multiples of
-    ``q = 2**(e - mbits)``, so ``t = r / q`` is exact and the code's magnitude is
-    ``(e - emin) * 2**mbits + k`` for the rounded multiple ``k`` (a carry to the next binade
-    is that same formula). Magnitudes past M are first capped at 2M (the result saturates
-    to M either way), which keeps every exponent in range.
+    The magnitude is flushed (below 2**-126 it is 0) and capped at 2M (the result
+    saturates to M either way, and every exponent stays in range), then rounded onto the
+    element's grid: in the binade of ``e = max(floor(log2|r|), emin)`` the element values
+    are the multiples of ``q = 2**(e - mbits)``.
     """
-    sign = (lax.bitcast_convert_type(r, jnp.uint32) >> 31).astype(jnp.uint8)
-    mag = jnp.abs(r)
-    # the flush-to-zero of the quotient/product r (done here, once, as a float compare)
-    mag = jnp.where(mag < _F32_TINY, 0.0, jnp.minimum(mag, 2.0 * el.max_value))
-    e = jnp.where(mag > 0, jnp.maximum(_floor_log2(mag), el.emin), el.emin)
-    t = mag * _pow2_exact(el.mbits - e)  # exact: a power-of-two multiply in normal range
+    bits = lax.bitcast_convert_type(r, jnp.uint32)
+    sign = (bits >> 31).astype(jnp.uint8)
+    magnitude_bits = bits & jnp.uint32(0x7FFFFFFF)
+    cap = jnp.uint32(_f32_bits(2.0 * el.max_value))
+    magnitude_bits = jnp.where(
+        magnitude_bits < jnp.uint32(_F32_MIN_NORMAL_BITS),
+        jnp.uint32(0),
+        jnp.minimum(magnitude_bits, cap),
+    )
+    mag = lax.bitcast_convert_type(magnitude_bits, jnp.float32)
     if u is None:
-        k = lax.round(t, lax.RoundingMethod.TO_NEAREST_EVEN)
+        code = _grid_code(_round_to_grid(mag, magnitude_bits, el), el)
     else:
-        fl = jnp.floor(t)
-        f = t - fl  # exact: the fraction of a float32
-        # r >= 0: up to the larger magnitude iff u < f. r < 0: "hi" is the smaller
-        # magnitude, taken iff u < 1 - f, decided exactly: 1 - u (u >= 1/2) and 1 - f
-        # (f >= 1/2) are exact (Sterbenz), and u + f < 1 when both are below 1/2.
-        toward_zero = jnp.where(u >= 0.5, f < 1.0 - u, (f < 0.5) | (u < 1.0 - f))
-        up = jnp.where(sign == 1, ~toward_zero, u < f)
-        k = fl + up.astype(jnp.float32)
-    code = (e - el.emin) * (1 << el.mbits) + k.astype(jnp.int32)
+        code = _stochastic_code(mag, sign, el, u)
     code = jnp.minimum(code, el.max_code).astype(jnp.uint8)
     return code | (sign << (el.bits - 1))
 
 
+def _round_to_grid(mag, magnitude_bits, el: Element) -> jnp.ndarray:
+    """RNE of float32 magnitudes (0 or normal, <= 2M) onto the element's grid.
+
+    ``mag + c`` with ``c = 2**(e + 23 - mbits)`` lies in ``[c, 2c)``, where float32's
+    spacing is exactly ``q``: the add rounds ``mag`` to a multiple of ``q`` with ties to
+    even (the sum's last bit is the multiple's parity), and ``- c`` is exact. Two float
+    adds instead of a log2, a scaling and a round.
+    """
+    exponent_bits = jnp.maximum(
+        magnitude_bits & jnp.uint32(0x7F800000), jnp.uint32((el.emin + _BIAS) << 23)
+    )
+    c = lax.bitcast_convert_type(exponent_bits + jnp.uint32((23 - el.mbits) << 23), jnp.float32)
+    return (mag + c) - c
+
+
+def _grid_code(y: jnp.ndarray, el: Element) -> jnp.ndarray:
+    """Sign-less code (int32) of a float32 magnitude ``y`` on the element's grid.
+
+    Normal values share float32's layout up to the exponent bias; a subnormal element is
+    ``k * 2**(emin - mbits)`` with code ``k``.
+    """
+    bits = lax.bitcast_convert_type(y, jnp.int32)
+    normal = (bits >> (23 - el.mbits)) - ((_BIAS - el.bias) << el.mbits)
+    subnormal = (y * _f32_const(2.0 ** (el.mbits - el.emin))).astype(jnp.int32)
+    return jnp.where(bits >= (el.emin + _BIAS) << 23, normal, subnormal)
+
+
+def _stochastic_code(mag, sign, el: Element, u: jnp.ndarray) -> jnp.ndarray:
+    """Sign-less code (int32) of stochastic rounding (spec/formats.md) of magnitudes ``mag``.
+
+    With ``e = max(floor(log2 mag), emin)`` the neighbours are multiples ``k`` of
+    ``q = 2**(e - mbits)``, so ``t = mag / q`` is exact, and the code is
+    ``(e - emin) * 2**mbits + k`` (a carry to the next binade is that same formula).
+    """
+    e = jnp.where(mag > 0, jnp.maximum(_floor_log2(mag), el.emin), el.emin)
+    t = mag * _pow2_exact(el.mbits - e)  # exact: a power-of-two multiply in normal range
+    fl = jnp.floor(t)
+    f = t - fl  # exact: the fraction of a float32
+    # r >= 0: up to the larger magnitude iff u < f. r < 0: "hi" is the smaller
+    # magnitude, taken iff u < 1 - f, decided exactly: 1 - u (u >= 1/2) and 1 - f
+    # (f >= 1/2) are exact (Sterbenz), and u + f < 1 when both are below 1/2.
+    toward_zero = jnp.where(u >= 0.5, f < 1.0 - u, (f < 0.5) | (u < 1.0 - f))
+    up = jnp.where(sign == 1, ~toward_zero, u < f)
+    k = fl + up.astype(jnp.float32)
+    return (e - el.emin) * (1 << el.mbits) + k.astype(jnp.int32)
+
+
 def _decode_bits(code: jnp.ndarray, el: Element) -> jnp.ndarray:
-    """Float32 values of uint8 sign-magnitude bit patterns (exact arithmetic, no table)."""
+    """Float32 values of uint8 sign-magnitude bit patterns (exact integer work, no table).
+
+    A normal element's exponent and mantissa fields, shifted into float32's, need only
+    the bias difference added; a subnormal one is ``mantissa * 2**(emin - mbits)``.
+    """
     c = code.astype(jnp.int32)
-    field = (c >> el.mbits) & ((1 << el.ebits) - 1)
-    mant = c & ((1 << el.mbits) - 1)
-    # field 0: mant * 2**(emin - mbits); else (2**mbits + mant) * 2**(field - bias - mbits)
-    k = jnp.where(field == 0, mant, mant + (1 << el.mbits)).astype(jnp.float32)
-    mag = k * _pow2_exact(jnp.maximum(field, 1) - el.bias - el.mbits)
-    special = c & ((1 << (el.bits - 1)) - 1) > el.max_code  # float8 NaN/Inf patterns
+    magnitude_code = c & ((1 << (el.bits - 1)) - 1)
+    normal = lax.bitcast_convert_type(
+        (magnitude_code << (23 - el.mbits)) + ((_BIAS - el.bias) << 23), jnp.float32
+    )
+    subnormal = magnitude_code.astype(jnp.float32) * _f32_const(2.0 ** (el.emin - el.mbits))
+    mag = jnp.where(magnitude_code >= (1 << el.mbits), normal, subnormal)
     if el.max_code == 0x7E:  # e4m3 ("fn"): S.1111.111 is NaN, there is no Inf
-        mag = jnp.where(special, jnp.nan, mag)
+        mag = jnp.where(magnitude_code > el.max_code, jnp.nan, mag)
     elif el.max_code == 0x7B:  # e5m2: exponent field 31 is Inf (mantissa 0) or NaN
-        mag = jnp.where(special, jnp.where(mant == 0, jnp.inf, jnp.nan), mag)
-    return jnp.where((c >> (el.bits - 1)) == 1, -mag, mag)
+        special = jnp.where(magnitude_code == 0x7C, jnp.inf, jnp.nan)
+        mag = jnp.where(magnitude_code > el.max_code, special, mag)
+    sign = (c >> (el.bits - 1)) << 31
+    return lax.bitcast_convert_type(lax.bitcast_convert_type(mag, jnp.int32) | sign, jnp.float32)
 
 
 def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
@@ -198,12 +260,33 @@ def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
         return _decode_bits(codes, el)
     if el.bits == 8:  # XLA:CPU's float8 -> float32 convert is slower than this arithmetic
         return _decode_bits(lax.bitcast_convert_type(codes, jnp.uint8), el)
-    if codes.shape and codes.shape[-1] % 2 == 0:  # float4: pairs -> bytes is fast, the cast not
-        pairs = codes.reshape(codes.shape[:-1] + (codes.shape[-1] // 2, 2))
-        packed = lax.bitcast_convert_type(pairs, jnp.uint8)  # element 2i in the low nibble
-        nibbles = jnp.stack([packed & 0xF, packed >> 4], axis=-1).reshape(codes.shape)
-        return _decode_bits(nibbles, el)
+    if codes.shape and codes.shape[-1] % 2 == 0:  # float4: unpack the bytes, not a cast
+        return _decode_bits(_unpack_nibbles(codes), el)
     return codes.astype(jnp.float32)
+
+
+def _pack_nibbles(code: jnp.ndarray) -> jnp.ndarray:
+    """uint8 4-bit codes ``[..., 2n]`` -> float4_e2m1fn ``[..., 2n]`` with the same bits.
+
+    Element ``2i`` goes to the low nibble of byte ``i`` (ml_dtypes' and XLA's packing);
+    a bitcast of the packed bytes is free, XLA:CPU's float32 -> float4 convert is not.
+    """
+    pairs = code.reshape(code.shape[:-1] + (code.shape[-1] // 2, 2))
+    packed = pairs[..., 0] | (pairs[..., 1] << 4)  # [..., n]
+    # written once (its consumers would each recompute two codes per byte), as rows of
+    # at least 64 bytes: XLA:CPU's loop over a short innermost axis is ~20x slower
+    flat = packed.reshape(packed.shape[:-2] + (-1,)) if packed.ndim > 1 else packed
+    packed = hoist(flat, code.size).reshape(packed.shape)
+    return lax.bitcast_convert_type(packed, jnp.float4_e2m1fn).reshape(code.shape)
+
+
+def _unpack_nibbles(codes: jnp.ndarray) -> jnp.ndarray:
+    """float4 ``[..., 2n]`` -> uint8 4-bit codes ``[..., 2n]`` (inverse of ``_pack_nibbles``)."""
+    pairs = codes.reshape(codes.shape[:-1] + (codes.shape[-1] // 2, 2))
+    packed = lax.bitcast_convert_type(pairs, jnp.uint8)  # [..., n]
+    # a shift by 0 or 4 per position, not a stack: XLA keeps it in one elementwise loop
+    shifts = jnp.array([0, 4], jnp.uint8)
+    return ((packed[..., None] >> shifts) & 0xF).reshape(codes.shape)
 
 
 def _store(code: jnp.ndarray, el: Element) -> jnp.ndarray:
@@ -235,15 +318,18 @@ def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
     dead = poisoned | (s32 == 0)  # codes are all +0
     if fmt.scale == "nv":  # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
         m = jnp.minimum(exact_div(jnp.float32(1.0), jnp.where(dead, 1.0, s32)), _F32_MAX)
+        stored, m, dead = hoist((stored, m, dead), vb.size)
         r = vb * m[..., None]
     elif fmt.scale.startswith("e8m0"):
         # v / 2**e == v * 2**-e exactly (same real number, one RNE), and 2**-e is a
         # normal float32 (e in [-126, 125] for a live block): a multiply, cheaper
         biased = lax.bitcast_convert_type(jnp.where(dead, 1.0, s32), jnp.uint32) >> 23
         inv = lax.bitcast_convert_type((jnp.uint32(254) - biased) << 23, jnp.float32)
+        stored, inv, dead = hoist((stored, inv, dead), vb.size)
         r = vb * inv[..., None]
     else:
-        r = exact_div(vb, jnp.where(dead, 1.0, s32)[..., None], flush=False)
+        divisor = hoist(jnp.where(dead, 1.0, s32), vb.size)
+        r = exact_div(vb, divisor[..., None], flush=False)
     code = _to_codes(r, el, ub)
     code = jnp.where(dead[..., None], jnp.uint8(0), code)
     return _store(code, el), stored, t_dec
@@ -252,8 +338,7 @@ def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
 def scale_values(scales: jnp.ndarray, fmt: FpFormat, t_dec=None) -> jnp.ndarray:
     """Float32 ``S`` per block (NaN for poisoned blocks); nv needs ``T_dec`` broadcastable."""
     if fmt.scale.startswith("e8m0"):
-        code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
-        return jnp.where(code == _E8M0_NAN, jnp.nan, _pow2(code - _BIAS))
+        return e8m0_values(scales)
     if fmt.scale == "nv":  # e4m3 block scales (never subnormal in float32)
         return decode_codes(scales, ELEMENTS["e4m3"])
     return to_f32(scales)
@@ -263,7 +348,7 @@ def fp_dequantize(codes_b, scales, fmt: FpFormat, t_dec=None) -> jnp.ndarray:
     """Float32 ``[..., nb, B]`` from code blocks, stored scales ``[..., nb]`` and nv's T_dec."""
     el = ELEMENTS[fmt.element]
     values = decode_codes(codes_b, el)
-    s = scale_values(scales, fmt)[..., None]
+    s = hoist(scale_values(scales, fmt), codes_b.size)[..., None]
     if fmt.scale == "nv":  # (f32(q) * f32(s_b)) * T_dec
         return ftz(ftz(values * s) * t_dec)
     return ftz(values * s)

@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 
 from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
-from scinjax.formats._fp import fp_dequantize, fp_quantize
+from scinjax.formats._fp import e8m0_values, fp_dequantize, fp_quantize
 from scinjax.formats._spec import CastFormat, Format, FpFormat, IntFormat, get
 from scinjax.formats._ste import ste_dequantize, ste_quantize
 
@@ -102,8 +102,7 @@ def _int_scales(a: jnp.ndarray, poisoned: jnp.ndarray, fmt: IntFormat):
 def _scale_values(scales: jnp.ndarray, fmt: IntFormat) -> jnp.ndarray:
     """Float32 ``S`` (flushed; NaN for poisoned blocks) of stored scales."""
     if fmt.scale_dtype == "e8m0":
-        code = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
-        return jnp.where(code == _E8M0_NAN, jnp.nan, _pow2(code - _E8M0_BIAS))
+        return e8m0_values(scales)
     return to_f32(scales)
 
 
