@@ -3,10 +3,12 @@
 ``lax.optimization_barrier`` does not survive to XLA:CPU's fusion pass, so a value with
 several consumers is recomputed inside each of them (with its producers' whole chain,
 up to the first op XLA deems expensive, whose float32 output is then what gets written),
-and a per-block value broadcast over its block is recomputed for every element. A
-reduction is never fused into its consumers: ``materialize`` passes the bits through a
-bitwise-or reduction with zeros over a new axis of size 2, which is exact for every
-dtype and costs one streaming pass. None of this changes a bit of any result.
+and a per-block value broadcast over its block is recomputed for every element. XLA
+counts a reduction as expensive, so it neither duplicates one into several consumers
+nor fuses one into a consumer that reads each of its elements many times (a broadcast):
+``materialize`` passes the bits through a bitwise-or reduction with zeros over a new
+axis of size 2, exact for every dtype, one streaming pass. (A single elementwise
+consumer still fuses it: nothing is recomputed then.) No result changes by a bit.
 """
 
 from __future__ import annotations

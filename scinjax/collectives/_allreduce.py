@@ -205,8 +205,9 @@ def _emulate(x, spec: CallSpec, axis_name, key):
     else:
         up_key = stage_key(key, UPLINK_STAGE, rank) if up.stochastic else None
         q = quantize(x, up, key=up_key, ste=False)  # gradients: collectives/_grad.py
-        # codes as their own fusion: fused into the dequantize-and-sum, XLA:CPU runs the
-        # division once per element per rank in a slow loop (measured ~1.3x on scin:int8)
+        # codes written once, as whole blocks: the downlink's amax and its codes both
+        # consume the uplink sum, and XLA:CPU would otherwise recompute it in each, back
+        # to a float32 quotient it writes instead (64 MiB at 4 MiB/rank: 1.7x slower)
         q = dataclasses.replace(
             q,
             codes=materialize(q.codes, getattr(up, "block_size", None)),
@@ -219,9 +220,9 @@ def _emulate(x, spec: CallSpec, axis_name, key):
     total = ordered_sum(operands, spec.order, spec.accumulate)  # float32 [...]
     if down is None:
         return total.astype(x.dtype)
-    # materialise the sum once: otherwise XLA recomputes the uplink dequantize-and-sum in
-    # both the downlink's amax and its codes (measured 1.5x slower for scin:int8 at 4 MiB)
-    total = lax.optimization_barrier(total)
+    # (the sum itself is recomputed in both of the downlink's loops: written once through
+    # a reduction it costs more, since XLA:CPU then fuses all of the uplink into that
+    # reduction's scalar loop, measured 2x slower)
     noise = _downlink_noise(spec, key) if down.stochastic else None
     if spec.algorithm == "two_shot" and getattr(down, "scale", None) == "nv":
         # each owner quantizes only its run: nv's tensor scale is per run (docs/semantics.md)

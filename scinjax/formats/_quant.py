@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from scinjax._fusion import hoist
 from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
 from scinjax.formats._fp import e8m0_values, fp_dequantize, fp_quantize
 from scinjax.formats._spec import CastFormat, Format, FpFormat, IntFormat, get
@@ -177,7 +178,8 @@ def quantize(x, fmt: str | Format, *, key=None, noise=None) -> QArray:
         return QArray(_from_blocks(codes, h), stored, fmt, tensor_scale=t_dec)
     stored, s32 = _int_scales(a, poisoned, fmt)
     dead = poisoned | (s32 == 0)  # codes are all 0
-    sb = jnp.where(dead, 1.0, s32)[..., None]
+    divisor, dead = hoist((jnp.where(dead, 1.0, s32), dead), v.size)
+    sb = divisor[..., None]
     # RNE/away of a subnormal quotient is a zero code either way, so only stochastic
     # rounding needs the flushed quotient (the flush keeps XLA from fusing the division)
     r = exact_div(vb, sb, flush=fmt.stochastic)
@@ -209,7 +211,7 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
             t_dec = t_dec.reshape(t_dec.shape + (1,) * (q.codes.ndim + 1 - t_dec.ndim))
         y = fp_dequantize(_to_blocks(q.codes, fmt.block_size), q.scales, fmt, t_dec)
         return _from_blocks(y, h).astype(dtype)
-    s32 = _scale_values(q.scales, fmt)[..., None]  # [..., nb, 1]
+    s32 = hoist(_scale_values(q.scales, fmt), q.codes.size)[..., None]  # [..., nb, 1]
     codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
     # |code| >= 1 times a normal S is never subnormal, but the flush must stay: without it
     # XLA:CPU contracts this multiply with a following add into an FMA (changes sums' bits)
