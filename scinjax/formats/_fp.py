@@ -124,12 +124,18 @@ def _e8m0(e: jnp.ndarray, poisoned: jnp.ndarray):
     return stored, jnp.where(poisoned, jnp.nan, _pow2(e))
 
 
+def e8m0_floor_scales(a: jnp.ndarray, poisoned: jnp.ndarray, emax: int):
+    """OCP MX scales ``2**(floor(log2 a) - emax)`` (clamped, NaN code where poisoned) of
+    block amaxes ``a`` ``[..., nb]``: (stored e8m0 scales, their flushed float32 values)."""
+    e = jnp.where(a > 0, _floor_log2(a) - emax, -_BIAS)
+    return _e8m0(jnp.clip(e, -_BIAS, _BIAS), poisoned)
+
+
 def _block_scales(a, poisoned, fmt: FpFormat, el: Element, t_enc):
     """(stored scales, S) for block amax ``a`` ``[..., nb]`` (float32, 0 for poisoned)."""
     big_m = el.max_value
     if fmt.scale == "e8m0_floor":
-        e = jnp.where(a > 0, _floor_log2(a) - el.emax, -_BIAS)
-        return _e8m0(jnp.clip(e, -_BIAS, _BIAS), poisoned)
+        return e8m0_floor_scales(a, poisoned, el.emax)
     if fmt.scale == "e8m0_rceil":
         d = ftz(a * _recip(big_m))
         bits = lax.bitcast_convert_type(d, jnp.uint32)

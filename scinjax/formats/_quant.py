@@ -12,14 +12,11 @@ from jax import lax
 
 from scinjax._fusion import hoist
 from scinjax.formats._f32 import INPUT_DTYPES, check_float_input, exact_div, ftz, to_f32
-from scinjax.formats._fp import e8m0_values, fp_dequantize, fp_quantize
+from scinjax.formats._fp import e8m0_floor_scales, e8m0_values, fp_dequantize, fp_quantize
 from scinjax.formats._spec import CastFormat, Format, FpFormat, IntFormat, get
 from scinjax.formats._ste import ste_dequantize, ste_quantize
 
 __all__ = ["QArray", "quantize", "dequantize", "wire_bytes"]
-
-_E8M0_NAN = 0xFF
-_E8M0_BIAS = 127
 
 
 @jax.tree_util.register_dataclass
@@ -68,30 +65,10 @@ def _from_blocks(vb: jnp.ndarray, h: int) -> jnp.ndarray:
     return v if v.shape[-1] == h else v[..., :h]
 
 
-def _floor_log2(a: jnp.ndarray) -> jnp.ndarray:
-    """Exact ``floor(log2(a))`` for float32 ``a > 0`` from its bits (subnormals included)."""
-    bits = lax.bitcast_convert_type(a, jnp.uint32)
-    biased = (bits >> 23).astype(jnp.int32) & 0xFF
-    mantissa = bits & jnp.uint32(0x7FFFFF)
-    subnormal_log2 = 31 - lax.clz(mantissa).astype(jnp.int32) - 149
-    return jnp.where(biased > 0, biased - _E8M0_BIAS, subnormal_log2)
-
-
-def _pow2(e: jnp.ndarray) -> jnp.ndarray:
-    """Float32 ``2**e`` for int32 ``e`` in [-127, 127]; 2**-127 (subnormal) counts as zero."""
-    bits = (jnp.clip(e, -126, 127) + _E8M0_BIAS).astype(jnp.uint32) << 23
-    return jnp.where(e < -126, 0.0, lax.bitcast_convert_type(bits, jnp.float32))
-
-
 def _int_scales(a: jnp.ndarray, poisoned: jnp.ndarray, fmt: IntFormat):
     """Stored scales and their flushed float32 values ``S`` for block amax ``a`` (float32)."""
-    if fmt.scale_dtype == "e8m0":
-        e = jnp.where(a > 0, _floor_log2(a) - (fmt.bits - 2), -_E8M0_BIAS)
-        e = jnp.clip(e, -_E8M0_BIAS, _E8M0_BIAS)
-        code = jnp.where(poisoned, _E8M0_NAN, e + _E8M0_BIAS).astype(jnp.uint8)
-        stored = lax.bitcast_convert_type(code, jnp.float8_e8m0fnu)
-        s32 = jnp.where(poisoned, jnp.nan, _pow2(e))
-        return stored, s32
+    if fmt.scale_dtype == "e8m0":  # emax of an int element: its largest code is < 2**(bits-1)
+        return e8m0_floor_scales(a, poisoned, fmt.bits - 2)
     sdtype = fmt.jax_scale_dtype
     cast = exact_div(a, float(fmt.qmax)).astype(sdtype)
     # saturate: a finite block never yields an infinite scale
