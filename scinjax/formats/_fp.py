@@ -157,8 +157,10 @@ def _block_scales(a, poisoned, fmt: FpFormat, el: Element, t_enc):
 
 
 def _tensor_scale(a: jnp.ndarray, poisoned: jnp.ndarray, el: Element):
-    """nv's (T_enc, T_dec) from the block amaxes of the whole array (poisoned blocks skipped)."""
-    g = jnp.max(jnp.where(poisoned, 0.0, a), initial=0.0)
+    """nv's (T_enc, T_dec) from the block amaxes ``a`` of the whole array (0 where poisoned,
+    so poisoned blocks are skipped)."""
+    del poisoned
+    g = jnp.max(a, initial=0.0)
     t_enc = exact_div(jnp.float32(448.0 * el.max_value), jnp.where(g > 0, g, 1.0))
     t_enc = jnp.where(jnp.isinf(t_enc), _F32_MAX, t_enc)  # saturate at the float32 maximum
     t_enc = jnp.where((g == 0) | (t_enc == 0), 1.0, t_enc)
@@ -168,54 +170,46 @@ def _tensor_scale(a: jnp.ndarray, poisoned: jnp.ndarray, el: Element):
 def _to_codes(r: jnp.ndarray, el: Element, u: jnp.ndarray | None) -> jnp.ndarray:
     """Sign-magnitude element codes (uint8) of float32 ``r``: RNE or stochastic, saturating.
 
-    The magnitude is flushed (below 2**-126 it is 0) and capped at 2M (the result
-    saturates to M either way, and every exponent stays in range), then rounded onto the
-    element's grid: in the binade of ``e = max(floor(log2|r|), emin)`` the element values
-    are the multiples of ``q = 2**(e - mbits)``.
+    The magnitude is capped at 2M (the result saturates to M either way, and every
+    exponent stays in range), then rounded onto the element's grid: in the binade of
+    ``e = max(floor(log2|r|), emin)`` the element values are the multiples of
+    ``q = 2**(e - mbits)``. Magnitudes below 2**-126 give code 0 (flushed).
     """
     bits = lax.bitcast_convert_type(r, jnp.uint32)
     sign = (bits >> 31).astype(jnp.uint8)
-    magnitude_bits = bits & jnp.uint32(0x7FFFFFFF)
-    cap = jnp.uint32(_f32_bits(2.0 * el.max_value))
-    magnitude_bits = jnp.where(
-        magnitude_bits < jnp.uint32(_F32_MIN_NORMAL_BITS),
-        jnp.uint32(0),
-        jnp.minimum(magnitude_bits, cap),
-    )
-    mag = lax.bitcast_convert_type(magnitude_bits, jnp.float32)
+    magnitude_bits = jnp.minimum(bits & jnp.uint32(0x7FFFFFFF), _f32_bits(2.0 * el.max_value))
     if u is None:
-        code = _grid_code(_round_to_grid(mag, magnitude_bits, el), el)
+        code = _nearest_code(magnitude_bits, el)
     else:
+        magnitude_bits = jnp.where(
+            magnitude_bits < jnp.uint32(_F32_MIN_NORMAL_BITS), jnp.uint32(0), magnitude_bits
+        )
+        mag = lax.bitcast_convert_type(magnitude_bits, jnp.float32)
         code = _stochastic_code(mag, sign, el, u)
     code = jnp.minimum(code, el.max_code).astype(jnp.uint8)
     return code | (sign << (el.bits - 1))
 
 
-def _round_to_grid(mag, magnitude_bits, el: Element) -> jnp.ndarray:
-    """RNE of float32 magnitudes (0 or normal, <= 2M) onto the element's grid.
+def _nearest_code(magnitude_bits, el: Element) -> jnp.ndarray:
+    """Sign-less code (int32) of RNE of float32 magnitudes (bits, <= 2M) onto the grid.
 
-    ``mag + c`` with ``c = 2**(e + 23 - mbits)`` lies in ``[c, 2c)``, where float32's
-    spacing is exactly ``q``: the add rounds ``mag`` to a multiple of ``q`` with ties to
-    even (the sum's last bit is the multiple's parity), and ``- c`` is exact. Two float
-    adds instead of a log2, a scaling and a round.
+    With ``c = 2**(e + 23 - mbits)``, ``mag + c`` lies in ``[c, 2c]``, where float32's
+    spacing is exactly ``q``: the add rounds ``mag`` to ``k * q`` with ties to even (the
+    sum's last bit is ``k``'s parity; a magnitude below 2**-126 rounds to ``k = 0``
+    whatever the denormal mode), and ``k`` is the sum's bits minus ``c``'s. The code is
+    ``(e + bias - 1) * 2**mbits + k`` in every binade, subnormal elements included
+    (``e = emin``), and ``k = 2**(mbits + 1)`` carries into the next binade. One float add
+    and integer work instead of a log2, a scaling, a round and a decode of the result.
     """
     exponent_bits = jnp.maximum(
         magnitude_bits & jnp.uint32(0x7F800000), jnp.uint32((el.emin + _BIAS) << 23)
     )
-    c = lax.bitcast_convert_type(exponent_bits + jnp.uint32((23 - el.mbits) << 23), jnp.float32)
-    return (mag + c) - c
-
-
-def _grid_code(y: jnp.ndarray, el: Element) -> jnp.ndarray:
-    """Sign-less code (int32) of a float32 magnitude ``y`` on the element's grid.
-
-    Normal values share float32's layout up to the exponent bias; a subnormal element is
-    ``k * 2**(emin - mbits)`` with code ``k``.
-    """
-    bits = lax.bitcast_convert_type(y, jnp.int32)
-    normal = (bits >> (23 - el.mbits)) - ((_BIAS - el.bias) << el.mbits)
-    subnormal = (y * _f32_const(2.0 ** (el.mbits - el.emin))).astype(jnp.int32)
-    return jnp.where(bits >= (el.emin + _BIAS) << 23, normal, subnormal)
+    c_bits = exponent_bits + jnp.uint32((23 - el.mbits) << 23)
+    mag = lax.bitcast_convert_type(magnitude_bits, jnp.float32)
+    total = mag + lax.bitcast_convert_type(c_bits, jnp.float32)
+    k = lax.bitcast_convert_type(total, jnp.uint32) - c_bits
+    binade = (exponent_bits >> (23 - el.mbits)) - jnp.uint32((_BIAS - el.bias + 1) << el.mbits)
+    return (binade + k).astype(jnp.int32)
 
 
 def _stochastic_code(mag, sign, el: Element, u: jnp.ndarray) -> jnp.ndarray:
@@ -264,47 +258,23 @@ def decode_codes(codes: jnp.ndarray, el: Element) -> jnp.ndarray:
     """Float32 values of element codes (any of ``QArray.codes``' dtypes)."""
     if codes.dtype == jnp.uint8:
         return _decode_bits(codes, el)
-    if el.bits == 8:  # XLA:CPU's float8 -> float32 convert is slower than this arithmetic
-        return _decode_bits(lax.bitcast_convert_type(codes, jnp.uint8), el)
-    if codes.shape and codes.shape[-1] % 2 == 0:  # float4: unpack the bytes, not a cast
-        return _decode_bits(_unpack_nibbles(codes), el)
-    return codes.astype(jnp.float32)
-
-
-def _pack_nibbles(code: jnp.ndarray) -> jnp.ndarray:
-    """uint8 4-bit codes ``[..., nb, B]`` -> float4_e2m1fn ``[..., nb, B]``, same bits.
-
-    Element ``2i`` goes to the low nibble of byte ``i`` (ml_dtypes' and XLA's packing).
-    The bytes are written once (a consumer would otherwise recompute two codes per byte)
-    and then bit-cast: XLA:CPU's own float32 -> float4 convert packs in a loop ~2x
-    slower (measured on mxfp4 round trips, benchmarks/quantize.py).
-    """
-    pairs = code.reshape(code.shape[:-1] + (code.shape[-1] // 2, 2))
-    packed = hoist(pairs[..., 0] | (pairs[..., 1] << 4), code.size)
-    return lax.bitcast_convert_type(packed, jnp.float4_e2m1fn).reshape(code.shape)
-
-
-def _unpack_nibbles(codes: jnp.ndarray) -> jnp.ndarray:
-    """float4 ``[..., 2n]`` -> uint8 4-bit codes ``[..., 2n]`` (inverse of ``_pack_nibbles``)."""
-    pairs = codes.reshape(codes.shape[:-1] + (codes.shape[-1] // 2, 2))
-    packed = lax.bitcast_convert_type(pairs, jnp.uint8)  # [..., n]
-    # a shift by 0 or 4 per position, not a stack: XLA keeps it in one elementwise loop
-    shifts = jnp.array([0, 4], jnp.uint8)
-    return ((packed[..., None] >> shifts) & 0xF).reshape(codes.shape)
+    # float8: XLA:CPU's float8 -> float32 convert is slower than this integer decode;
+    # float4: bit-cast to uint4 and widened, an elementwise op XLA fuses with the
+    # quantizer that produced the codes (no float4 array is written in a round trip)
+    bits = lax.bitcast_convert_type(codes, jnp.uint8 if el.bits == 8 else jnp.uint4)
+    return _decode_bits(bits.astype(jnp.uint8), el)
 
 
 def _store(code: jnp.ndarray, el: Element) -> jnp.ndarray:
-    """uint8 sign-magnitude codes -> QArray.codes' dtype."""
+    """uint8 sign-magnitude codes -> QArray.codes' dtype (the same bits).
+
+    float4 goes through uint4, elementwise: packing the bytes ourselves forces the codes
+    to be written (measured slower in round trips and collectives, benchmarks/).
+    """
     if el.dtype == jnp.uint8:
         return code
-    if el.bits == 8:
-        return lax.bitcast_convert_type(code, el.dtype)
-    # float4, blocks of at least 32: pack the bytes ourselves. Shorter blocks give rows
-    # of < 16 bytes, where XLA:CPU's loop is scalar (~7x slower than its own convert)
-    if code.ndim >= 2 and code.shape[-1] % 32 == 0:
-        return _pack_nibbles(code)
-    # the value of every code is exact in float4, so the cast is exact
-    return _decode_bits(code, el).astype(el.dtype)
+    narrow = code if el.bits == 8 else code.astype(jnp.uint4)
+    return lax.bitcast_convert_type(narrow, el.dtype)
 
 
 def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
@@ -319,26 +289,31 @@ def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
     t_dec = None
     if fmt.scale == "nv":
         t_enc, t_dec = _tensor_scale(a, poisoned, el) if t_scale is None else t_scale
-        stored, sb = _block_scales(a, poisoned, fmt, el, t_enc)
-        s32 = ftz(sb * t_dec)
-    else:
-        stored, s32 = _block_scales(a, poisoned, fmt, el, None)
-    dead = poisoned | (s32 == 0)  # codes are all +0
-    if fmt.scale == "nv":  # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
+        stored, _ = _block_scales(a, poisoned, fmt, el, t_enc)
+        # Everything per block follows from the stored e4m3 code, written once (a decode
+        # XLA computes once per block inside the block-shaped loop of the codes): the
+        # block is dead iff the code is NaN (poisoned) or S flushes to 0
+        stored = hoist(stored, vb.size)
+        code = lax.bitcast_convert_type(stored, jnp.uint8)
+        s32 = ftz(_decode_bits(code, ELEMENTS["e4m3"]) * t_dec)
+        dead = (code == 0x7F) | (s32 == 0)
+        # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
         m = jnp.minimum(exact_div(jnp.float32(1.0), jnp.where(dead, 1.0, s32)), _F32_MAX)
-        stored, m, dead = hoist((stored, m, dead), vb.size)
         r = vb * m[..., None]
     elif fmt.scale.startswith("e8m0"):
         # Everything per block follows from the stored code c = e + 127, written once: the
         # block is dead iff c is 0 (S flushes to 0) or 255 (NaN), and v / 2**e equals
         # v * 2**-e exactly (same real number, one RNE), 2**-e = bits((254 - c) << 23)
         # a normal float32 for a live block (e in [-126, 125]): a multiply, cheaper
+        stored, _ = _block_scales(a, poisoned, fmt, el, None)
         stored = hoist(stored, vb.size)
         code = lax.bitcast_convert_type(stored, jnp.uint8).astype(jnp.uint32)
         dead = (code == 0) | (code == _E8M0_NAN)
         inv = lax.bitcast_convert_type((jnp.uint32(254) - code) << 23, jnp.float32)
         r = vb * inv[..., None]
     else:
+        stored, s32 = _block_scales(a, poisoned, fmt, el, None)
+        dead = poisoned | (s32 == 0)  # codes are all +0
         divisor = hoist(jnp.where(dead, 1.0, s32), vb.size)
         r = exact_div(vb, divisor[..., None], flush=False)
     code = _to_codes(r, el, ub)

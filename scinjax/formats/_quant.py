@@ -187,9 +187,9 @@ def dequantize(q: QArray, dtype=jnp.float32) -> jax.Array:
         if t_dec is not None:  # [lead...] -> [lead..., 1, 1] against [..., nb, B]
             t_dec = t_dec.reshape(t_dec.shape + (1,) * (q.codes.ndim + 1 - t_dec.ndim))
         y = fp_dequantize(_to_blocks(q.codes, fmt.block_size), q.scales, fmt, t_dec)
-        return _from_blocks(y, h).astype(dtype)
+        return _from_blocks(y.astype(dtype), h)
     s32 = hoist(_scale_values(q.scales, fmt), q.codes.size)[..., None]  # [..., nb, 1]
     codes = _to_blocks(q.codes.astype(jnp.float32), fmt.block_size)
     # |code| >= 1 times a normal S is never subnormal, but the flush must stay: without it
     # XLA:CPU contracts this multiply with a following add into an FMA (changes sums' bits)
-    return _from_blocks(ftz(codes * s32), h).astype(dtype)
+    return _from_blocks(ftz(codes * s32).astype(dtype), h)
