@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scinjax._fusion import materialize
+from scinjax._fusion import compute_once, materialize
 from scinjax.collectives._config import Collective, int_block_size
 from scinjax.collectives._grad import with_vjp
 from scinjax.collectives._marker import CallSpec, marker_name
@@ -217,12 +217,12 @@ def _emulate(x, spec: CallSpec, axis_name, key):
         operands = [
             dequantize(jax.tree.map(lambda a, i=i: a[i], gathered), jnp.float32) for i in range(n)
         ]
-    total = ordered_sum(operands, spec.order, spec.accumulate)  # float32 [...]
+    total = ordered_sum(operands, spec.order, spec.accumulate)  # float32 [...], flushed
     if down is None:
         return total.astype(x.dtype)
-    # (the sum itself is recomputed in both of the downlink's loops: written once through
-    # a reduction it costs more, since XLA:CPU then fuses all of the uplink into that
-    # reduction's scalar loop, measured 2x slower)
+    # the downlink's amax and its codes both read the sum: computed once, in a block-shaped
+    # loop (recomputed in both, it cost up to 1.4x more at 1 MiB/rank, benchmarks/)
+    total = compute_once(total, int_block_size(up, down))
     noise = _downlink_noise(spec, key) if down.stochastic else None
     if spec.algorithm == "two_shot" and getattr(down, "scale", None) == "nv":
         # each owner quantizes only its run: nv's tensor scale is per run (docs/semantics.md)
