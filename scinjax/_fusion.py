@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["materialize", "hoist", "compute_once", "HOIST_MIN_ELEMENTS"]
+__all__ = ["materialize", "hoist", "HOIST_MIN_ELEMENTS"]
 
 # below this many elements, recomputing per-block values per element costs less than
 # the extra kernel that writes them
@@ -46,26 +46,6 @@ def hoist(tree, elements: int):
     keep the recomputation (cheaper than one more kernel).
     """
     return materialize(tree) if elements >= HOIST_MIN_ELEMENTS else tree
-
-
-def compute_once(x: jnp.ndarray, block: int | None = None) -> jnp.ndarray:
-    """Flushed float32 ``x`` (no subnormals) unchanged, computed once for all its consumers.
-
-    ``materialize`` writes through a reduction, and XLA:CPU fuses the whole producer
-    chain into that reduction's loop, which it does not vectorise. A division is the
-    other kind of op XLA counts as expensive, so it is not duplicated into several
-    consumers either, and it stays an elementwise loop: ``x / d`` with ``d = 1 + 0 * x``
-    (``d`` is 1 for every ``x``, built from ``x`` so that XLA cannot fold the division
-    away), exact for every value but a subnormal, which a denormals-are-zero divider
-    would read as 0. ``block``: compute over ``[..., H / block, block]`` when it divides
-    the last axis (XLA:CPU vectorises a per-block broadcast in such a loop, not in a flat
-    one).
-    """
-    shape = x.shape
-    if block and shape and shape[-1] % block == 0:
-        x = x.reshape(shape[:-1] + (shape[-1] // block, block))
-    one = jnp.where(jnp.isfinite(x), x, 0.0) * 0.0 + 1.0
-    return (x / one).reshape(shape)
 
 
 def _materialize_leaf(a, block):

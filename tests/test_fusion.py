@@ -6,7 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from scinjax._fusion import HOIST_MIN_ELEMENTS, compute_once, hoist, materialize
+from scinjax._fusion import HOIST_MIN_ELEMENTS, hoist, materialize
+from scinjax.formats._f32 import compute_once
 
 DTYPES = [
     np.float32,

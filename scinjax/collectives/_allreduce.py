@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scinjax._fusion import compute_once, materialize
+from scinjax._fusion import materialize
 from scinjax.collectives._config import Collective, int_block_size
 from scinjax.collectives._grad import with_vjp
 from scinjax.collectives._marker import CallSpec, marker_name
@@ -22,7 +22,7 @@ from scinjax.collectives._partition import block_runs, chunk_sizes
 from scinjax.collectives._peers import PEER_ALGORITHMS, check_peer_input, peer_allreduce
 from scinjax.collectives._reduce import add, ordered_sum, round_acc
 from scinjax.formats import FpFormat, dequantize, quantize, roundtrip_runs, to_f32
-from scinjax.formats._f32 import check_float_input
+from scinjax.formats._f32 import check_float_input, compute_once
 
 __all__ = ["allreduce", "axis_size", "stage_key"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["ftz", "to_f32", "exact_div", "check_float_input"]
+__all__ = ["ftz", "to_f32", "exact_div", "compute_once", "check_float_input"]
 
 _TINY = 2.0**-126  # the smallest normal float32
 INPUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
@@ -49,6 +49,24 @@ def exact_div(num: jnp.ndarray, den: jnp.ndarray | float, *, flush: bool = True)
     den_full = lax.optimization_barrier(jnp.asarray(den, jnp.float32) + zero)
     quotient = num / den_full
     return ftz(quotient) if flush else quotient
+
+
+def compute_once(x: jnp.ndarray, block: int | None = None) -> jnp.ndarray:
+    """Flushed float32 ``x`` (no subnormals) unchanged, computed once for all its consumers.
+
+    ``scinjax._fusion.materialize`` writes through a reduction, and XLA:CPU fuses the
+    whole producer chain into that reduction's loop, which it does not vectorise. A
+    division is the other kind of op XLA counts as expensive, so it is not duplicated
+    into several consumers either, and it stays an elementwise loop: ``exact_div(x, 1)``
+    (a divisor XLA cannot fold away), exact for every value but a subnormal, which a
+    denormals-are-zero divider would read as 0. ``block``: compute over
+    ``[..., H / block, block]`` when it divides the last axis (XLA:CPU vectorises a
+    per-block broadcast in such a loop, not in a flat one).
+    """
+    shape = x.shape
+    if block and shape and shape[-1] % block == 0:
+        x = x.reshape(shape[:-1] + (shape[-1] // block, block))
+    return exact_div(x, 1.0, flush=False).reshape(shape)
 
 
 def check_float_input(x, what: str) -> None:

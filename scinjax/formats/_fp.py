@@ -156,10 +156,9 @@ def _block_scales(a, poisoned, fmt: FpFormat, el: Element, t_enc):
     return stored, to_f32(stored)
 
 
-def _tensor_scale(a: jnp.ndarray, poisoned: jnp.ndarray, el: Element):
+def _tensor_scale(a: jnp.ndarray, el: Element):
     """nv's (T_enc, T_dec) from the block amaxes ``a`` of the whole array (0 where poisoned,
     so poisoned blocks are skipped)."""
-    del poisoned
     g = jnp.max(a, initial=0.0)
     t_enc = exact_div(jnp.float32(448.0 * el.max_value), jnp.where(g > 0, g, 1.0))
     t_enc = jnp.where(jnp.isinf(t_enc), _F32_MAX, t_enc)  # saturate at the float32 maximum
@@ -288,15 +287,14 @@ def fp_quantize(vb, magnitude_max, poisoned, fmt: FpFormat, ub, t_scale=None):
     a = magnitude_max
     t_dec = None
     if fmt.scale == "nv":
-        t_enc, t_dec = _tensor_scale(a, poisoned, el) if t_scale is None else t_scale
+        t_enc, t_dec = _tensor_scale(a, el) if t_scale is None else t_scale
         stored, _ = _block_scales(a, poisoned, fmt, el, t_enc)
         # Everything per block follows from the stored e4m3 code, written once (a decode
         # XLA computes once per block inside the block-shaped loop of the codes): the
-        # block is dead iff the code is NaN (poisoned) or S flushes to 0
+        # block is dead iff its scale is NaN (poisoned) or S flushes to 0
         stored = hoist(stored, vb.size)
-        code = lax.bitcast_convert_type(stored, jnp.uint8)
-        s32 = ftz(_decode_bits(code, ELEMENTS["e4m3"]) * t_dec)
-        dead = (code == 0x7F) | (s32 == 0)
+        s32 = ftz(scale_values(stored, fmt) * t_dec)  # NaN for a poisoned block
+        dead = jnp.isnan(s32) | (s32 == 0)
         # TensorRT/TE order: multiply by min(f32(1 / S), float32 max)
         m = jnp.minimum(exact_div(jnp.float32(1.0), jnp.where(dead, 1.0, s32)), _F32_MAX)
         r = vb * m[..., None]

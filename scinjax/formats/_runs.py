@@ -46,7 +46,7 @@ def roundtrip_runs(x, fmt, run_blocks, *, noise=None, dtype=None):
     t_enc, t_dec, start = [], [], 0
     for count in run_blocks:
         if count:
-            te, td = _tensor_scale(a[start : start + count], poisoned[start : start + count], el)
+            te, td = _tensor_scale(a[start : start + count], el)
             t_enc.append(jnp.broadcast_to(te, (count,)))
             t_dec.append(jnp.broadcast_to(td, (count,)))
         start += count
