@@ -5,17 +5,14 @@ under vmap here and under shard_map (out_specs=P(), check_vma=True) in a subproc
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference_np as R
+from host_devices import run_on_host_devices
 from jax import lax
 from reference_np import assert_bits
 
@@ -286,13 +283,5 @@ SHARD_MAP_SCRIPT = textwrap.dedent(
 
 
 def test_emulate_shard_map_program_with_replicated_out_specs():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    src = f"TESTS_DIR = {str(Path(__file__).resolve().parent)!r}\n" + SHARD_MAP_SCRIPT
-    p = subprocess.run(
-        [sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=600
-    )
+    p = run_on_host_devices(SHARD_MAP_SCRIPT)
     assert p.returncode == 0 and "ALL OK" in p.stdout, p.stdout + "\n" + p.stderr[-6000:]

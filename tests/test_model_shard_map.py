@@ -7,12 +7,10 @@ subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from host_devices import run_on_host_devices
 
 # Same bound as tests/test_model_tp.py (float32 reassociation only; see there).
 EXACT_ULPS = 32
@@ -51,11 +49,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def result():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = run_on_host_devices(SCRIPT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
     return json.loads(line[len("RESULT") :])

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -18,6 +15,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from host_devices import run_on_host_devices
 from jax import lax
 
 import scinjax
@@ -393,11 +391,7 @@ SHARD_SCRIPT = textwrap.dedent(
 
 
 def test_shard_map_equals_vmap():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
-    res = subprocess.run(
-        [sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
+    res = run_on_host_devices(SHARD_SCRIPT)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
 

@@ -6,11 +6,7 @@ Bytes against closed forms."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import reference_np_fp as F
+from host_devices import run_on_host_devices
 from reference_np import assert_bits
 
 import scinjax
@@ -288,14 +285,5 @@ SCRIPT = textwrap.dedent(
 
 @needs_api
 def test_shard_map_matches_reference():
-    tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    src = f"TESTS_DIR = {tests_dir!r}\n" + SCRIPT
-    p = subprocess.run(
-        [sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=600
-    )
+    p = run_on_host_devices(SCRIPT)
     assert p.returncode == 0 and "ALL OK" in p.stdout, p.stdout + "\n" + p.stderr[-6000:]

@@ -5,11 +5,10 @@ Runs in a subprocess because the host device count must be set before JAX starts
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
+
+from host_devices import run_on_host_devices
 
 SCRIPT = textwrap.dedent(
     """
@@ -101,16 +100,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run_script(check_vma: bool) -> subprocess.CompletedProcess:
-    tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    src = f"TESTS_DIR = {tests_dir!r}\nCHECK_VMA = {check_vma!r}\n" + SCRIPT
-    return subprocess.run(
-        [sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_on_host_devices(SCRIPT, CHECK_VMA=check_vma)
 
 
 def test_shard_map_matches_vmap_and_reference():
